@@ -1,0 +1,160 @@
+"""Settings: one frozen dataclass, read from the environment and the command line.
+
+Environment variables (the names ``sse-relay-server`` used keep their meaning):
+``DATABASE_URL``, ``ALLOWED_ORIGINS``, ``LOG_LEVEL``, and ``SSERELAY_*`` for the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a relay process needs to know. Defaults are the documented ones."""
+
+    host: str = "127.0.0.1"
+    port: int = 8001
+    workers: int = 1
+    #: Database the relay LISTENs on. None = start the embedded PostgreSQL.
+    dsn: str | None = None
+    #: Separate DSN for the listening connection (must not go through PgBouncer
+    #: in transaction mode). Defaults to ``dsn``.
+    listen_dsn: str | None = None
+    data_dir: Path | None = None
+    #: Origins allowed by CORS; ``("*",)`` allows any (without credentials).
+    allowed_origins: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    #: Seconds between heartbeat comments on a stream (each stream jittered by up to +25%).
+    heartbeat: float = 15.0
+    #: Reconnection delay (ms) sent to clients in ``retry:``.
+    retry_ms: int = 2000
+    #: A client whose unsent bytes pass this is dropped as slow.
+    max_client_buffer: int = 256 * 1024
+    max_channels_per_stream: int = 32
+    #: Request line plus headers, bytes.
+    max_header_bytes: int = 8192
+    #: Seconds a client has to send its complete request head.
+    header_timeout: float = 10.0
+    #: Seconds between liveness probes of the listening connection.
+    probe_interval: float = 5.0
+    #: Seconds a probe may take before the connection is declared dead.
+    probe_timeout: float = 5.0
+    #: Reconnect backoff bounds (seconds), jittered.
+    reconnect_min: float = 0.25
+    reconnect_max: float = 10.0
+    #: Seconds to wait for streams to close on shutdown.
+    shutdown_timeout: float = 3.0
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]  # checked below
+
+    def __post_init__(self) -> None:
+        check_port(self.port)
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, not {self.workers}")
+        for name in (
+            "heartbeat",
+            "header_timeout",
+            "probe_interval",
+            "probe_timeout",
+            "reconnect_min",
+            "reconnect_max",
+            "shutdown_timeout",
+        ):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, not {value}")
+        for name in ("max_client_buffer", "max_channels_per_stream", "max_header_bytes"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, not {value}")
+        if self.retry_ms < 0:
+            raise ConfigError(f"retry_ms must not be negative, not {self.retry_ms}")
+        if self.reconnect_max < self.reconnect_min:
+            raise ConfigError("reconnect_max must not be smaller than reconnect_min")
+
+    @property
+    def listener_dsn(self) -> str | None:
+        return self.listen_dsn or self.dsn
+
+
+def check_port(port: int) -> int:
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port must be between 0 and 65535, not {port}")
+    return port
+
+
+def parse_origins(value: str) -> tuple[str, ...]:
+    """``ALLOWED_ORIGINS``: a comma- or space-separated list of origins, or ``*``."""
+    origins = tuple(o.strip().rstrip("/") for o in value.replace(",", " ").split() if o.strip())
+    for origin in origins:
+        if origin != "*" and "://" not in origin:
+            raise ConfigError(
+                f"ALLOWED_ORIGINS entry {origin!r} is not an origin like https://example.com"
+            )
+    return origins
+
+
+_ENV_FLOATS = {
+    "SSERELAY_HEARTBEAT": "heartbeat",
+    "SSERELAY_HEADER_TIMEOUT": "header_timeout",
+    "SSERELAY_PROBE_INTERVAL": "probe_interval",
+    "SSERELAY_SHUTDOWN_TIMEOUT": "shutdown_timeout",
+}
+_ENV_INTS = {
+    "SSERELAY_PORT": "port",
+    "SSERELAY_WORKERS": "workers",
+    "SSERELAY_RETRY_MS": "retry_ms",
+    "SSERELAY_MAX_CLIENT_BUFFER": "max_client_buffer",
+    "SSERELAY_MAX_CHANNELS": "max_channels_per_stream",
+    "SSERELAY_MAX_HEADER_BYTES": "max_header_bytes",
+}
+
+
+def settings_from_env(env: Mapping[str, str] | None = None) -> dict[str, object]:
+    """The settings the environment sets, as keyword arguments for :class:`Settings`."""
+    env = os.environ if env is None else env
+    out: dict[str, object] = {}
+    if env.get("DATABASE_URL"):
+        out["dsn"] = env["DATABASE_URL"]
+    if env.get("SSERELAY_LISTEN_DSN"):
+        out["listen_dsn"] = env["SSERELAY_LISTEN_DSN"]
+    if env.get("SSERELAY_HOST"):
+        out["host"] = env["SSERELAY_HOST"]
+    if env.get("SSERELAY_DATA_DIR"):
+        out["data_dir"] = Path(env["SSERELAY_DATA_DIR"])
+    if env.get("ALLOWED_ORIGINS"):
+        out["allowed_origins"] = parse_origins(env["ALLOWED_ORIGINS"])
+    if env.get("LOG_LEVEL"):
+        out["log_level"] = env["LOG_LEVEL"].upper()
+    for var, name in _ENV_FLOATS.items():
+        if env.get(var):
+            out[name] = _number(var, env[var], float)
+    for var, name in _ENV_INTS.items():
+        if env.get(var):
+            out[name] = _number(var, env[var], int)
+    return out
+
+
+def _number(var: str, raw: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with ``overrides`` (e.g. CLI flags) taking precedence."""
+    values = settings_from_env()
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**values)  # type: ignore[arg-type]  # validated in __post_init__
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None

@@ -1,0 +1,38 @@
+"""The exceptions sserelay raises. Everything derives from :class:`SseRelayError`."""
+
+from __future__ import annotations
+
+
+class SseRelayError(Exception):
+    """Base class of every error raised by sserelay."""
+
+
+class ConfigError(SseRelayError, ValueError):
+    """A setting is missing or has a value that cannot work."""
+
+
+class InvalidChannel(SseRelayError, ValueError):
+    """A channel name that PostgreSQL (or sserelay) cannot accept."""
+
+
+class InvalidEvent(SseRelayError, ValueError):
+    """An event field (``event``, ``id``, ``retry``) that cannot go on the SSE wire."""
+
+
+class PayloadTooLarge(SseRelayError, ValueError):
+    """A notification payload over PostgreSQL's NOTIFY limit."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"payload is {size} bytes; PostgreSQL NOTIFY accepts at most {limit} bytes"
+        )
+
+
+class PublishError(SseRelayError):
+    """The database refused or failed to publish an event."""
+
+
+class BrokerUnavailable(SseRelayError):
+    """The broker (PostgreSQL) cannot be reached right now."""

@@ -1,0 +1,131 @@
+"""A relay process: hub + listener + HTTP front, with an explicit lifecycle.
+
+``Relay.start()`` binds the socket and starts the listener and heartbeat tasks;
+``Relay.shutdown()`` stops accepting, tells every stream to come back later,
+closes them, and cancels and awaits every task it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from typing import Any
+
+from .config import Settings
+from .hub import Hub
+from .metrics import CONTENT_TYPE, RelayMetrics
+from .postgres import PostgresListener
+from .server import HttpConnection, protocol_factory
+
+log = logging.getLogger("sserelay")
+
+
+class Relay:
+    """One relay process. Use ``async with Relay(settings, dsn=...)`` or start/shutdown."""
+
+    def __init__(self, settings: Settings, *, dsn: str) -> None:
+        self.settings = settings
+        self.hub = Hub(heartbeat=settings.heartbeat)
+        self.listener = PostgresListener(
+            settings.listen_dsn or dsn,
+            self.hub.dispatch,
+            self.hub.on_listening,
+            probe_interval=settings.probe_interval,
+            probe_timeout=settings.probe_timeout,
+            reconnect_min=settings.reconnect_min,
+            reconnect_max=settings.reconnect_max,
+        )
+        self.hub.attach(self.listener)
+        self.connections: set[HttpConnection] = set()
+        self.rejected: Counter[int] = Counter()
+        self.metrics = RelayMetrics(self)
+        self.listener.lag_observer = self.metrics.lag
+        self.started = time.time()
+        self._server: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._all_closed = asyncio.Event()
+
+    async def __aenter__(self) -> Relay:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            asyncio.create_task(self.listener.run(), name="sserelay-listener"),
+            asyncio.create_task(self.hub.run_heartbeats(), name="sserelay-heartbeats"),
+        ]
+        if sock is not None:
+            self._server = await loop.create_server(protocol_factory(self), sock=sock, backlog=4096)
+        else:
+            self._server = await loop.create_server(
+                protocol_factory(self), self.settings.host, self.settings.port, backlog=4096
+            )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None and self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        host = self.settings.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    async def shutdown(self) -> None:
+        """Stop accepting, send every stream a jittered ``retry:``, close, stop the tasks."""
+        if self._server is not None:
+            self._server.close()
+        closed = self.hub.close_all(self.settings.retry_ms)
+        if closed:
+            log.info("shutdown: closed %d streams", closed)
+        if self.connections:
+            self._all_closed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_closed.wait(), self.settings.shutdown_timeout)
+        for conn in list(self.connections):
+            conn.transport.abort()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._server is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), timeout=1)
+
+    def connection_closed(self, conn: HttpConnection) -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            self._all_closed.set()
+
+    def count_rejected(self, status: int) -> None:
+        self.rejected[status] += 1
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        healthy = self.listener.healthy and not self.hub.closing
+        body = {
+            "status": "ok" if healthy else "unavailable",
+            "streams": self.hub.stream_count,
+            "pid": os.getpid(),
+            **self.listener.status(),
+        }
+        return (200 if healthy else 503), body
+
+    def endpoint(self, name: str) -> tuple[int, str, bytes]:
+        """Answer ``/healthz`` or ``/metrics``: (status, content type, body)."""
+        if name == "metrics":
+            return 200, CONTENT_TYPE, self.metrics.render()
+        status, body = self.health()
+        return status, "application/json", json.dumps(body).encode() + b"\n"

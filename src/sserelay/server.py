@@ -1,0 +1,197 @@
+"""The native HTTP front: an asyncio ``Protocol`` per connection, parsed by httptools.
+
+Each connection reads one request head (bounded in size and time), then either
+answers and closes, or becomes an SSE stream: it registers itself with the hub
+as a :class:`~sserelay.hub.Subscriber` and from then on is written to directly
+by the hub's fan-out loop, with each event's bytes already chunk-framed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+import httptools
+
+from . import sse
+from .events import Event
+from .responses import SSE_HEADERS, cors_headers, error_body, head, preflight_headers
+from .routes import Endpoint, HttpError, StreamRoute, route
+
+if TYPE_CHECKING:
+    from .relay import Relay
+
+log = logging.getLogger("sserelay.server")
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: a request, then a response or a stream."""
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.settings = relay.settings
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.received = 0
+        self.done = False  # a response was started; ignore further input
+        self.timer: asyncio.TimerHandle | None = None
+        # Subscriber state (see hub.Subscriber)
+        self.channels: tuple[str, ...] = ()
+        self.pending: set[str] = set()
+        self.next_ping = 0.0
+        self.chunked = True
+        self.streaming = False
+        self.last_event_id: str | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check.
+        self.transport = cast(asyncio.Transport, transport)
+        self.relay.connections.add(self)
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(self.settings.header_timeout, self._head_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.done:
+            return  # a stream's client has nothing more to say; ignore it
+        self.received += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # Upgrade requests are answered as plain HTTP (on_message_complete ran)
+        except httptools.HttpParserError as exc:
+            reason = str(exc).split(":")[0] or "malformed request"
+            self.fail(HttpError(400, f"malformed HTTP request ({reason})"))
+            return
+        if not self.done and self.received > self.settings.max_header_bytes:
+            self.fail(HttpError(431, f"request head over {self.settings.max_header_bytes} bytes"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self.relay.connection_closed(self)
+        if self.streaming:
+            self.streaming = False
+            self.relay.hub.unsubscribe(self)
+
+    # -- httptools callbacks ---------------------------------------------------------
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        if key in ("origin", "last-event-id", "access-control-request-method"):
+            self.headers[key] = value.decode("latin-1")
+
+    def on_message_complete(self) -> None:
+        self._cancel_timer()
+        if not self.done:
+            self.handle()
+
+    # -- request handling ------------------------------------------------------------
+
+    def handle(self) -> None:
+        method = self.parser.get_method().decode("latin-1")
+        version = self.parser.get_http_version()
+        self.chunked = version != "1.0"
+        origin = self.headers.get("origin")
+        if method == "OPTIONS":
+            headers = preflight_headers(origin, self.settings.allowed_origins)
+            self.respond(204, b"", headers)
+            return
+        try:
+            url = httptools.parse_url(self.url)
+        except httptools.HttpParserInvalidURLError:
+            self.fail(HttpError(400, "malformed request target"))
+            return
+        path = url.path.decode("latin-1")
+        query = (url.query or b"").decode("latin-1")
+        try:
+            target = route(method, path, query, max_channels=self.settings.max_channels_per_stream)
+            if self.relay.hub.closing:
+                raise HttpError(503, "relay is shutting down", (("Retry-After", "1"),))
+        except HttpError as exc:
+            self.fail(exc)
+            return
+        if isinstance(target, Endpoint):
+            status, ctype, body = self.relay.endpoint(target.name)
+            self.respond(status, body, [("Content-Type", ctype), ("Cache-Control", "no-cache")])
+        else:
+            self.start_stream(target, cors_headers(origin, self.settings.allowed_origins))
+
+    def start_stream(self, target: StreamRoute, extra: list[tuple[str, str]]) -> None:
+        self.done = True
+        self.channels = target.channels
+        self.last_event_id = self.headers.get("last-event-id")
+        headers = [*SSE_HEADERS, *extra]
+        if self.chunked:
+            headers.append(("Transfer-Encoding", "chunked"))
+            version = "1.1"
+        else:
+            headers.append(("Connection", "close"))
+            version = "1.0"
+        self.transport.write(head(200, headers, version))
+        self.write(sse.encode_retry(self.settings.retry_ms))
+        self.streaming = True
+        self.relay.hub.subscribe(self)
+
+    def respond(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
+        self.done = True
+        headers = [*headers, ("Content-Length", str(len(body))), ("Connection", "close")]
+        self.transport.write(head(status, headers) + body)
+        self.transport.close()
+
+    def fail(self, error: HttpError) -> None:
+        self.relay.count_rejected(error.status)
+        log.debug("%s %s", error.status, error.reason)
+        headers = [("Content-Type", "application/json"), *error.headers]
+        headers += cors_headers(self.headers.get("origin"), self.settings.allowed_origins)
+        self.respond(error.status, error_body(error.reason), headers)
+
+    def _head_timeout(self) -> None:
+        self.timer = None
+        if not self.done:
+            self.fail(
+                HttpError(
+                    408, f"request head not received within {self.settings.header_timeout:g}s"
+                )
+            )
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    # -- hub.Subscriber --------------------------------------------------------------
+
+    def deliver(self, event: Event) -> bool:
+        transport = self.transport
+        frame = event.chunked if self.chunked else event.frame
+        transport.write(frame)
+        size = transport.get_write_buffer_size()
+        # A client that had caught up may take one event bigger than the bound.
+        return size <= self.settings.max_client_buffer or size <= len(frame)
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(sse.chunk(data) if self.chunked else data)
+
+    def close(self, farewell: bytes = b"") -> None:
+        self.streaming = False
+        if farewell:
+            self.write(farewell)
+        if self.chunked:
+            self.transport.write(sse.LAST_CHUNK)
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.streaming = False
+        self.transport.abort()
+
+
+def protocol_factory(relay: Relay) -> Callable[[], Any]:
+    return lambda: HttpConnection(relay)
