@@ -28,6 +28,13 @@ def default_data_dir() -> Path:
 
 def start_embedded(data_dir: Path | None = None) -> str:
     """Start (or attach to) the embedded server; return its DSN."""
+    path = (data_dir or default_data_dir()).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # pgserver asks platformdirs for a runtime dir when it is imported, which warns when
+    # XDG_RUNTIME_DIR is unset (as under cron, CI, containers): give it one first.
+    runtime = Path(os.environ.get("XDG_RUNTIME_DIR") or path.parent / "run")
+    runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
     try:
         import pgserver
     except ImportError:
@@ -35,12 +42,6 @@ def start_embedded(data_dir: Path | None = None) -> str:
             "no database configured (set DATABASE_URL or pass --dsn), and the embedded "
             "PostgreSQL is not installed: pip install 'sserelay[embedded]'"
         ) from None
-    path = (data_dir or default_data_dir()).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # platformdirs (used by pgserver) warns when XDG_RUNTIME_DIR is unset; give it a home.
-    runtime = Path(os.environ.get("XDG_RUNTIME_DIR") or path.parent / "run")
-    runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
     log.info("starting embedded PostgreSQL in %s", path)
     server = pgserver.get_server(path, cleanup_mode="stop")  # type: ignore[attr-defined]  # untyped package
     return str(server.get_uri())
