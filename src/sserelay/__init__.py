@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .channels import validate_channel
+from .durable import apublish_durable, publish_durable
 from .errors import (
     BrokerUnavailable,
     ConfigError,
@@ -10,6 +11,7 @@ from .errors import (
     InvalidEvent,
     PayloadTooLarge,
     PublishError,
+    SchemaMissing,
     SseRelayError,
 )
 from .publish import apublish, encode_payload, publish
@@ -23,10 +25,13 @@ __all__ = [
     "InvalidEvent",
     "PayloadTooLarge",
     "PublishError",
+    "SchemaMissing",
     "SseRelayError",
     "__version__",
     "apublish",
+    "apublish_durable",
     "encode_payload",
     "publish",
+    "publish_durable",
     "validate_channel",
 ]

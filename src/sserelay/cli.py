@@ -1,4 +1,4 @@
-"""The ``sserelay`` command: ``serve``, ``publish``, ``listen``."""
+"""The ``sserelay`` command: ``serve``, ``publish``, ``listen``, ``migrate``, ``prune``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import os
+import re
 import signal
 import socket
 import sys
@@ -15,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import Settings, load_settings, settings_from_env
-from .errors import SseRelayError
+from .config import Settings, load_settings, parse_log_level, settings_from_env
+from .errors import ConfigError, SseRelayError
 from .events import event_from_notification
 
 log = logging.getLogger("sserelay")
@@ -56,7 +58,11 @@ async def _serve(settings: Settings, dsn: str, sock: socket.socket | None) -> in
     from .relay import Relay
 
     relay = Relay(settings, dsn=dsn)
-    await relay.start(sock)
+    try:
+        await relay.start(sock)
+    except OSError as exc:  # the port is taken, the host is not ours...
+        await relay.shutdown()
+        raise _cannot_listen(settings, exc) from exc
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -68,6 +74,11 @@ async def _serve(settings: Settings, dsn: str, sock: socket.socket | None) -> in
     log.info("shutting down")
     await relay.shutdown()
     return 0
+
+
+def _cannot_listen(settings: Settings, exc: OSError) -> ConfigError:
+    reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else str(exc)
+    return ConfigError(f"cannot listen on {settings.host}:{settings.port}: {reason}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -85,7 +96,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return run_async(lambda: _serve(settings, dsn, None))
     from .workers import bind, supervise
 
-    sock = bind(settings.host, settings.port)
+    try:
+        sock = bind(settings.host, settings.port)
+    except OSError as exc:
+        raise _cannot_listen(settings, exc) from exc
     print(f"sserelay: {settings.workers} workers on port {sock.getsockname()[1]}", flush=True)
 
     def worker(index: int) -> None:
@@ -102,7 +116,60 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     data = sys.stdin.read() if args.data == "-" else args.data
     dsn = resolve_dsn(args.dsn or _env_dsn(), args.data_dir, announce=False)
-    publish(dsn, args.channel, data, event=args.event, id=args.id, retry=args.retry)
+    event_id = publish(
+        dsn,
+        args.channel,
+        data,
+        event=args.event,
+        id=args.id,
+        retry=args.retry,
+        durable=args.durable,
+    )
+    if event_id is not None:
+        print(event_id, flush=True)
+    return 0
+
+
+# -- migrate, prune (durable channels) -----------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .schema import migrate
+
+    dsn = resolve_dsn(args.dsn or _env_dsn(), args.data_dir, announce=False)
+    print(f"sserelay: schema at version {migrate(dsn)}", flush=True)
+    return 0
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> datetime.timedelta:
+    """``7d``, ``12h``, ``1d12h``, ``90m``, ``30s``, ``2w`` -> a timedelta."""
+    parts = _DURATION_PART.findall(text.strip().lower())
+    if not parts or "".join(n + u for n, u in parts) != text.strip().lower():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration like 7d, 12h, 1d12h, 90m, 30s or 2w"
+        )
+    return sum(
+        (datetime.timedelta(**{_DURATION_UNITS[unit]: float(n)}) for n, unit in parts),
+        datetime.timedelta(0),
+    )
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .durable import prune
+
+    if args.max_age is None and args.max_count is None:
+        print("sserelay: error: prune needs --max-age and/or --max-count", file=sys.stderr)
+        return 2
+    dsn = resolve_dsn(args.dsn or _env_dsn(), args.data_dir, announce=False)
+    deleted = prune(dsn, max_age=args.max_age, max_count=args.max_count)
+    if deleted is None:
+        print("sserelay: another prune is running; nothing done", flush=True)
+        return 1
+    print(f"sserelay: pruned {deleted} events", flush=True)
     return 0
 
 
@@ -190,8 +257,25 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--event", help="SSE event name")
     pub.add_argument("--id", help="SSE event id")
     pub.add_argument("--retry", type=int, help="SSE retry hint (ms)")
+    pub.add_argument(
+        "--durable",
+        action=argparse.BooleanOptionalAction,
+        help="append to the event log and print the id (default: if `sserelay migrate` ran)",
+    )
     database_options(pub)
     pub.set_defaults(func=cmd_publish)
+
+    mig = sub.add_parser("migrate", help="install or upgrade the schema for durable channels")
+    database_options(mig)
+    mig.set_defaults(func=cmd_migrate)
+
+    prune = sub.add_parser("prune", help="delete old events from the durable log")
+    prune.add_argument(
+        "--max-age", type=parse_duration, help="delete events older than this (7d, 12h, 90m)"
+    )
+    prune.add_argument("--max-count", type=int, help="keep at most this many events per channel")
+    database_options(prune)
+    prune.set_defaults(func=cmd_prune)
 
     listen = sub.add_parser("listen", help="print events as they arrive")
     listen.add_argument("channels", nargs="+", metavar="CHANNEL")
@@ -203,13 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = args.log_level or settings_from_env().get("log_level") or "INFO"
-    logging.basicConfig(
-        level=str(level).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
+        # Inside the try: a bad --log-level, LOG_LEVEL or SSERELAY_* is a one-line error.
+        if args.log_level:
+            level = parse_log_level(args.log_level, "--log-level")
+        else:
+            level = str(settings_from_env().get("log_level", "INFO"))
+        logging.basicConfig(
+            level=level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
         return int(args.func(args))
     except SseRelayError as exc:
         print(f"sserelay: error: {exc}", file=sys.stderr)

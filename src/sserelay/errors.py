@@ -34,5 +34,13 @@ class PublishError(SseRelayError):
     """The database refused or failed to publish an event."""
 
 
+class SchemaMissing(SseRelayError):
+    """The ``sserelay`` schema (durable channels) is not installed in the database."""
+
+    def __init__(self, detail: str = "") -> None:
+        message = "the sserelay schema is not installed in this database: run `sserelay migrate`"
+        super().__init__(f"{message} ({detail})" if detail else message)
+
+
 class BrokerUnavailable(SseRelayError):
     """The broker (PostgreSQL) cannot be reached right now."""
