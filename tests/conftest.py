@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sserelay.relay import Relay
-from sserelay.testing import running_relay
+from sserelay.testing import running_relay, temporary_database
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +31,10 @@ def dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 async def relay(dsn: str) -> AsyncIterator[Relay]:
     async with running_relay(dsn, heartbeat=30.0) as relay:
         yield relay
+
+
+@pytest.fixture
+def durable_dsn(dsn: str) -> Iterator[str]:
+    """A database of the test's own with the durable schema installed (dropped after)."""
+    with temporary_database(dsn, migrate=True) as db:
+        yield db

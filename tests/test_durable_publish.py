@@ -19,43 +19,26 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from sserelay import cli, durable, schema
 from sserelay.durable import apublish_durable, publish_durable
 from sserelay.errors import ConfigError, InvalidChannel, InvalidEvent, PayloadTooLarge
 from sserelay.publish import apublish, publish
+from sserelay.testing import temporary_database
 
 pytestmark = pytest.mark.integration
 
 
-@contextlib.contextmanager
-def temporary_database(dsn: str) -> Iterator[str]:
-    """A fresh database on ``dsn``'s server with the schema migrated, dropped on exit."""
-    name = f"sserelay_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        db = make_conninfo(dsn, dbname=name)
-        schema.migrate(db)
-        yield db
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
 @pytest.fixture(scope="module")
 def db(dsn: str) -> Iterator[str]:
-    with temporary_database(dsn) as db:
+    with temporary_database(dsn, migrate=True) as db:
         yield db
 
 
 @pytest.fixture
 def own_db(dsn: str) -> Iterator[str]:
     """A database for one test: prune works on every channel at once."""
-    with temporary_database(dsn) as db:
+    with temporary_database(dsn, migrate=True) as db:
         yield db
 
 

@@ -16,29 +16,14 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from sserelay import cli, schema
 from sserelay.durable import publish_durable
 from sserelay.errors import ConfigError, InvalidChannel, InvalidEvent, SchemaMissing
 from sserelay.publish import publish
+from sserelay.testing import temporary_database
 
 pytestmark = pytest.mark.integration
-
-
-@contextlib.contextmanager
-def temporary_database(dsn: str) -> Iterator[str]:
-    """A fresh database on ``dsn``'s server, dropped on exit; yields its DSN."""
-    name = f"sserelay_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(dsn, dbname=name)
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 @pytest.fixture

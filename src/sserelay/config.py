@@ -7,6 +7,7 @@ Environment variables (the names ``sse-relay-server`` used keep their meaning):
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,6 +52,14 @@ class Settings:
     reconnect_max: float = 10.0
     #: Seconds to wait for streams to close on shutdown.
     shutdown_timeout: float = 3.0
+    #: Durable channels: prune events older than this many seconds (None: keep).
+    retention_age: float | None = None
+    #: Durable channels: keep at most this many events per channel (None: keep all).
+    retention_count: int | None = None
+    #: Seconds between prune runs (jittered) when a retention is set.
+    prune_interval: float = 60.0
+    #: Most events replayed to one stream per channel; past it a ``missed`` event is sent.
+    max_replay: int = 10_000
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]  # checked below
@@ -77,8 +86,18 @@ class Settings:
                 raise ConfigError(f"{name} must be at least 1, not {value}")
         if self.retry_ms < 0:
             raise ConfigError(f"retry_ms must not be negative, not {self.retry_ms}")
+        if self.retention_age is not None and not self.retention_age > 0:
+            raise ConfigError(f"retention_age must be positive, not {self.retention_age}")
+        if self.retention_count is not None and self.retention_count < 1:
+            raise ConfigError(f"retention_count must be at least 1, not {self.retention_count}")
+        if not self.prune_interval > 0:
+            raise ConfigError(f"prune_interval must be positive, not {self.prune_interval}")
+        if self.max_replay < 1:
+            raise ConfigError(f"max_replay must be at least 1, not {self.max_replay}")
         if self.reconnect_max < self.reconnect_min:
             raise ConfigError("reconnect_max must not be smaller than reconnect_min")
+        if self.log_level not in logging.getLevelNamesMapping():
+            raise ConfigError(f"log_level={self.log_level!r} is not a log level; {_LEVELS_HINT}")
 
     @property
     def listener_dsn(self) -> str | None:
@@ -89,6 +108,36 @@ def check_port(port: int) -> int:
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be between 0 and 65535, not {port}")
     return port
+
+
+_LEVELS_HINT = "use DEBUG, INFO, WARNING, ERROR or CRITICAL"
+
+
+def parse_log_level(value: str, source: str = "LOG_LEVEL") -> str:
+    """A level name in any case, upper-cased; a ConfigError naming ``source`` if unknown."""
+    level = value.strip().upper()
+    if level not in logging.getLevelNamesMapping():
+        raise ConfigError(f"{source}={value!r} is not a log level; {_LEVELS_HINT}")
+    return level
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: str, source: str = "duration") -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w`` -> seconds."""
+    text = value.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:])
+    number = text[:-1] if unit is not None else text
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise ConfigError(
+            f"{source}={value!r} is not a duration like 90s, 15m, 12h or 7d"
+        ) from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"{source}={value!r} must be a positive duration")
+    return seconds
 
 
 def parse_origins(value: str) -> tuple[str, ...]:
@@ -115,6 +164,8 @@ _ENV_INTS = {
     "SSERELAY_MAX_CLIENT_BUFFER": "max_client_buffer",
     "SSERELAY_MAX_CHANNELS": "max_channels_per_stream",
     "SSERELAY_MAX_HEADER_BYTES": "max_header_bytes",
+    "SSERELAY_RETENTION_COUNT": "retention_count",
+    "SSERELAY_MAX_REPLAY": "max_replay",
 }
 
 
@@ -133,7 +184,11 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> dict[str, object]
     if env.get("ALLOWED_ORIGINS"):
         out["allowed_origins"] = parse_origins(env["ALLOWED_ORIGINS"])
     if env.get("LOG_LEVEL"):
-        out["log_level"] = env["LOG_LEVEL"].upper()
+        out["log_level"] = parse_log_level(env["LOG_LEVEL"])
+    if env.get("SSERELAY_RETENTION_AGE"):
+        out["retention_age"] = parse_duration(
+            env["SSERELAY_RETENTION_AGE"], "SSERELAY_RETENTION_AGE"
+        )
     for var, name in _ENV_FLOATS.items():
         if env.get(var):
             out[name] = _number(var, env[var], float)

@@ -1,8 +1,9 @@
 """From a notification payload to the bytes every subscriber gets.
 
 A payload that is a JSON object using only the keys ``event``, ``data``, ``id``,
-``retry`` (and ``event_id``, the name seed 000 used for ``id``) becomes that SSE
-event; a non-string ``data`` is sent as compact JSON text. Anything else (plain
+``retry`` (and ``event_id``, the name seed 000 used for ``id``, read when there
+is no ``id``) becomes that SSE event; a non-string ``data`` is sent as compact
+JSON text. Anything else (plain
 text, other JSON, an object with other keys, fields of the wrong type) is sent
 verbatim as ``data``. So a payload is never rejected: at worst it arrives as text.
 """
@@ -28,14 +29,24 @@ class Event:
     event: str | None = None
     id: str | None = None
     retry: int | None = None
+    #: Position in a durable channel's log (its ``id`` unless a composite one is set).
+    seq: int | None = None
     frame: bytes = field(init=False, repr=False, compare=False)
     chunked: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.seq is not None and self.id is None:
+            object.__setattr__(self, "id", str(self.seq))
         # Encoded once, here; every subscriber gets these very bytes.
         frame = sse.encode_event(self.data, event=self.event, id=self.id, retry=self.retry)
         object.__setattr__(self, "frame", frame)
         object.__setattr__(self, "chunked", sse.chunk(frame))
+
+    def with_id(self, id: str) -> Event:
+        """The same event under another ``id`` (a multi-channel stream's composite id)."""
+        return Event(
+            self.channel, self.data, event=self.event, id=id, retry=self.retry, seq=self.seq
+        )
 
 
 def _as_text(value: Any) -> str:
@@ -50,7 +61,7 @@ def _envelope(payload: str) -> dict[str, Any] | None:
         return None
     try:
         obj = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting fits in 8000 bytes: not an envelope
         return None
     if not isinstance(obj, dict) or not obj or not obj.keys() <= ENVELOPE_KEYS:
         return None
@@ -72,13 +83,14 @@ def event_from_notification(channel: str, payload: str) -> Event:
     if obj is not None:
         try:
             retry = obj.get("retry")
+            id_ = _optional_text(obj, "id")  # an empty id is an id (it resets Last-Event-ID)
             return Event(
                 channel,
                 _as_text(obj.get("data", "")),
                 event=_optional_text(obj, "event"),
-                id=_optional_text(obj, "id") or _optional_text(obj, "event_id"),
+                id=_optional_text(obj, "event_id") if id_ is None else id_,
                 retry=None if retry is None else sse.check_retry(retry),
             )
-        except InvalidEvent:
+        except (InvalidEvent, RecursionError):
             pass  # a field that cannot go on the wire: deliver the payload as text instead
     return Event(channel, payload)

@@ -17,11 +17,16 @@ import logging
 import random
 import time
 from collections.abc import Iterable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .broker import Broker
 from .events import Event, event_from_notification
-from .sse import encode_comment
+from .sse import encode_comment, encode_retry
+
+DURABLE_PREFIX = '{"seq":'  # what sserelay.publish() notifies (see replay.py)
+
+if TYPE_CHECKING:
+    from .replay import CatchUp, Replay
 
 log = logging.getLogger("sserelay.hub")
 
@@ -38,6 +43,9 @@ class Subscriber(Protocol):
     pending: set[str]
     #: Monotonic time of the next heartbeat.
     next_ping: float
+    #: Set by the hub: the sorted channels whose positions make this stream's composite
+    #: event ids (multi-channel streams on durable channels), else None.
+    id_key: tuple[str, ...] | None
 
     def deliver(self, event: Event) -> bool:
         """Write ``event``; return False if the subscriber is too far behind (it gets dropped)."""
@@ -58,8 +66,16 @@ class Hub:
     def __init__(self, *, heartbeat: float = 15.0) -> None:
         self.heartbeat = heartbeat
         self.broker: Broker | None = None
+        self.replay: Replay | None = None
+        #: Everyone on a channel (live or catching up): decides LISTEN/UNLISTEN and READY.
+        self._members: dict[str, dict[Subscriber, None]] = {}
+        #: The live fan-out sets.
         self._channels: dict[str, dict[Subscriber, None]] = {}
         self._subscribers: dict[Subscriber, None] = {}
+        #: Streams catching up from the log, with the live events that arrived meanwhile.
+        self._catching: dict[Subscriber, list[Event]] = {}
+        #: Live streams with composite ids (durable events then need a variant frame).
+        self._composite = 0
         self.closing = False
         # Plain counters, read by the metrics collector at scrape time (no hot-path cost).
         self.events_received = 0
@@ -83,68 +99,161 @@ class Hub:
     def channels(self) -> list[str]:
         return list(self._channels)
 
-    def subscribe(self, sub: Subscriber) -> None:
-        """Register ``sub`` on its channels; writes READY now or once they are live."""
+    def subscribe(self, sub: Subscriber, catch_up: CatchUp | None = None) -> None:
+        """Register ``sub`` on its channels; writes READY now or once they are live.
+
+        With ``catch_up`` (and durable channels enabled) the stream first replays the
+        log from the requested position, then joins the live fan-out with no gap.
+        """
         broker = self.broker
         self._subscribers[sub] = None
         self.streams_opened += 1
         sub.next_ping = self._next_ping(time.monotonic())
-        pending = set()
+        sub.id_key = tuple(sorted(sub.channels)) if len(sub.channels) > 1 else None
         for channel in sub.channels:
-            subs = self._channels.get(channel)
-            if subs is None:
-                subs = self._channels[channel] = {}
+            members = self._members.get(channel)
+            if members is None:
+                members = self._members[channel] = {}
+                self._channels[channel] = {}
+                if self.replay is not None:
+                    self.replay.track(channel)
                 if broker is not None:
                     broker.listen(channel)
-            subs[sub] = None
-            if broker is None or not broker.is_listening(channel):
-                pending.add(channel)
-        sub.pending = pending
-        if not pending:
+            members[sub] = None
+        sub.pending = {c for c in sub.channels if not self.is_live(c)}
+        if not sub.pending:
             sub.write(READY)
+        if catch_up is not None and self.replay is not None:
+            self._catching[sub] = []
+            self.replay.start_catch_up(sub, catch_up)
+        else:
+            self._join(sub)
+
+    def _join(self, sub: Subscriber) -> None:
+        for channel in sub.channels:
+            self._channels[channel][sub] = None
+        if sub.id_key is not None:
+            self._composite += 1
 
     def unsubscribe(self, sub: Subscriber) -> None:
         """Forget ``sub`` (idempotent). The last subscriber of a channel UNLISTENs it."""
         if self._subscribers.pop(sub, False) is False:
             return
+        if self._catching.pop(sub, None) is None and sub.id_key is not None:
+            self._composite -= 1
         for channel in sub.channels:
-            subs = self._channels.get(channel)
-            if subs is None:
+            members = self._members.get(channel)
+            if members is None:
                 continue
-            subs.pop(sub, None)
-            if not subs:
+            members.pop(sub, None)
+            self._channels[channel].pop(sub, None)
+            if not members:
+                del self._members[channel]
                 del self._channels[channel]
+                if self.replay is not None:
+                    self.replay.forget(channel)
                 if self.broker is not None:
                     self.broker.unlisten(channel)
 
+    def is_live(self, channel: str) -> bool:
+        """LISTENed, and (for durable channels) its log position known."""
+        if self.broker is None or not self.broker.is_listening(channel):
+            return False
+        return self.replay is None or self.replay.is_ready(channel)
+
     def on_listening(self, channels: Iterable[str]) -> None:
-        """Broker callback: ``channels`` are live; tell streams that waited for them."""
+        """Broker callback: ``channels`` are LISTENed (first time or after a reconnect)."""
+        channels = [c for c in channels if c in self._members]
+        if self.replay is not None:
+            self.replay.on_listening(channels)  # calls channels_live once positions are known
+        else:
+            self.channels_live(channels)
+
+    def channels_live(self, channels: Iterable[str]) -> None:
+        """``channels`` are live: tell the streams that waited for them."""
         for channel in channels:
-            for sub in self._channels.get(channel, ()):
+            for sub in self._members.get(channel, ()):
                 if sub.pending:
                     sub.pending.discard(channel)
                     if not sub.pending:
                         sub.write(READY)
 
+    # -- catch-up (see replay.py) ----------------------------------------------------
+
+    def is_catching_up(self, sub: Subscriber) -> bool:
+        return sub in self._catching
+
+    def stamp(self, event: Event, sub: Subscriber, vector: dict[str, int]) -> Event:
+        """``event`` with the id ``sub`` must see, given its positions ``vector``."""
+        if sub.id_key is None or event.seq is None or not vector:
+            return event
+        return event.with_id(".".join(str(vector[c]) for c in sub.id_key))
+
+    def finish_catch_up(self, sub: Subscriber, vector: dict[str, int]) -> None:
+        """Write what arrived live during the catch-up, then join the live fan-out."""
+        backlog = self._catching.pop(sub, None)
+        if backlog is None:
+            return
+        for event in backlog:
+            if event.seq is not None and vector:
+                if event.seq <= vector[event.channel]:
+                    continue  # replayed already
+                vector[event.channel] = event.seq
+            if not sub.deliver(self.stamp(event, sub, vector)):
+                self._catching[sub] = []  # so unsubscribe does not count it as live
+                self.drop_slow(sub)
+                return
+        self._join(sub)
+
     # -- fan-out ---------------------------------------------------------------------
 
     def dispatch(self, channel: str, payload: str) -> None:
         """Broker callback: deliver one notification to every subscriber of ``channel``."""
-        subs = self._channels.get(channel)
         self.events_received += 1
-        if not subs:
+        if channel not in self._members:
             return
+        replay = self.replay
+        if (
+            replay is not None
+            and payload.startswith(DURABLE_PREFIX)
+            and replay.on_notification(channel, payload)
+        ):
+            return  # durable: replay delivers it, in order, through publish_event
         self.publish_event(event_from_notification(channel, payload))
 
     def publish_event(self, event: Event) -> None:
         """Write an already-built event to every subscriber of its channel."""
         subs = self._channels.get(event.channel)
-        if not subs:
-            return
-        slow = [sub for sub in subs if not sub.deliver(event)]
-        self.deliveries += len(subs) - len(slow)
-        for sub in slow:
-            self.drop_slow(sub)
+        if subs:
+            if self._composite and event.seq is not None:
+                slow = self._fan_out_composite(event, subs)
+            else:
+                slow = [sub for sub in subs if not sub.deliver(event)]
+            self.deliveries += len(subs) - len(slow)
+            for sub in slow:
+                self.drop_slow(sub)
+        if self._catching:
+            for sub, backlog in self._catching.items():
+                if event.channel in sub.channels:
+                    backlog.append(event)
+
+    def _fan_out_composite(self, event: Event, subs: dict[Subscriber, None]) -> list[Subscriber]:
+        """Fan-out of a durable event when some streams need composite ids."""
+        assert self.replay is not None
+        positions = self.replay.positions
+        variants: dict[tuple[str, ...], Event] = {}
+        slow = []
+        for sub in subs:
+            key = sub.id_key
+            if key is None:
+                frame = event
+            else:
+                frame = variants.get(key)  # type: ignore[assignment]  # filled just below
+                if frame is None:
+                    frame = variants[key] = event.with_id(".".join(str(positions(c)) for c in key))
+            if not sub.deliver(frame):
+                slow.append(sub)
+        return slow
 
     def drop_slow(self, sub: Subscriber) -> None:
         self.slow_dropped += 1
@@ -177,7 +286,16 @@ class Hub:
         self.closing = True
         subs = list(self._subscribers)
         for sub in subs:
-            delay = retry_ms + random.randint(0, max(retry_ms, 1000))
             self.unsubscribe(sub)
-            sub.close(f"retry: {delay}\n\n".encode())
+            sub.close(retry_hint(retry_ms, farewell=True))
         return len(subs)
+
+
+def retry_hint(retry_ms: int, *, farewell: bool = False) -> bytes:
+    """A jittered ``retry:`` so that browsers do not all come back in the same instant.
+
+    A stream opens with ``retry_ms`` + up to 50%; a shutdown farewell adds up to
+    ``max(retry_ms, 1 s)``, spreading the reconnect wave of a restart.
+    """
+    spread = max(retry_ms, 1000) if farewell else retry_ms // 2
+    return encode_retry(retry_ms + random.randint(0, spread))

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
 import os
+import random
 import socket
 import time
 from collections import Counter
@@ -21,6 +23,7 @@ from .config import Settings
 from .hub import Hub
 from .metrics import CONTENT_TYPE, RelayMetrics
 from .postgres import PostgresListener
+from .replay import LogReader, Replay
 from .server import HttpConnection, protocol_factory
 
 log = logging.getLogger("sserelay")
@@ -42,6 +45,10 @@ class Relay:
             reconnect_max=settings.reconnect_max,
         )
         self.hub.attach(self.listener)
+        # Durable channels: a small pool reads the log (replay, gap fills, large events).
+        self.reader = LogReader(dsn)
+        self.replay = Replay(self.hub, self.reader, max_replay=settings.max_replay)
+        self.hub.replay = self.replay
         self.connections: set[HttpConnection] = set()
         self.rejected: Counter[int] = Counter()
         self.metrics = RelayMetrics(self)
@@ -58,12 +65,22 @@ class Relay:
     async def __aexit__(self, *exc: object) -> None:
         await self.shutdown()
 
-    async def start(self, sock: socket.socket | None = None) -> None:
+    async def start(self, sock: socket.socket | None = None, *, serve: bool = True) -> None:
+        """Start the listener and heartbeat tasks, and the native HTTP server if ``serve``.
+
+        ``serve=False`` runs the hub alone, for another HTTP front (the ASGI app);
+        :meth:`shutdown`, :meth:`health` and :meth:`endpoint` work the same.
+        """
         loop = asyncio.get_running_loop()
+        await self.reader.open()
         self._tasks = [
             asyncio.create_task(self.listener.run(), name="sserelay-listener"),
             asyncio.create_task(self.hub.run_heartbeats(), name="sserelay-heartbeats"),
         ]
+        if self.settings.retention_age is not None or self.settings.retention_count is not None:
+            self._tasks.append(asyncio.create_task(self._prune_forever(), name="sserelay-prune"))
+        if not serve:
+            return
         if sock is not None:
             self._server = await loop.create_server(protocol_factory(self), sock=sock, backlog=4096)
         else:
@@ -101,9 +118,29 @@ class Relay:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self.replay.close()
+        await self.reader.close()
         if self._server is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=1)
+
+    async def _prune_forever(self) -> None:
+        """Apply the retention settings every ``prune_interval`` seconds (jittered).
+
+        ``sserelay.prune`` takes an advisory lock, so with several relays one prunes at a
+        time; it deletes in small batches and never blocks publishers.
+        """
+        age = self.settings.retention_age
+        interval = datetime.timedelta(seconds=age) if age is not None else None
+        while True:
+            await asyncio.sleep(self.settings.prune_interval * random.uniform(0.8, 1.2))
+            try:
+                deleted = await self.reader.prune(interval, self.settings.retention_count)
+            except Exception as exc:  # database down or schema missing: try next time
+                log.warning("pruning the event log failed: %s", exc)
+                continue
+            if deleted:
+                log.info("pruned %d events from the log", deleted)
 
     def connection_closed(self, conn: HttpConnection) -> None:
         self.connections.discard(conn)

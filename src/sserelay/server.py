@@ -17,6 +17,8 @@ import httptools
 
 from . import sse
 from .events import Event
+from .hub import retry_hint
+from .replay import catch_up_request
 from .responses import SSE_HEADERS, cors_headers, error_body, head, preflight_headers
 from .routes import Endpoint, HttpError, StreamRoute, route
 
@@ -35,8 +37,10 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
+        self.method = b""
         self.headers: dict[str, str] = {}
         self.received = 0
+        self.head_bytes = 0  # request target and header lines, as parsed
         self.done = False  # a response was started; ignore further input
         self.timer: asyncio.TimerHandle | None = None
         # Subscriber state (see hub.Subscriber)
@@ -45,7 +49,7 @@ class HttpConnection(asyncio.Protocol):
         self.next_ping = 0.0
         self.chunked = True
         self.streaming = False
-        self.last_event_id: str | None = None
+        self.id_key: tuple[str, ...] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -65,6 +69,8 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             pass  # Upgrade requests are answered as plain HTTP (on_message_complete ran)
         except httptools.HttpParserError as exc:
+            if self.done:
+                return  # junk pipelined after a complete request: ignored, like any later input
             reason = str(exc).split(":")[0] or "malformed request"
             self.fail(HttpError(400, f"malformed HTTP request ({reason})"))
             return
@@ -82,11 +88,20 @@ class HttpConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self.head_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value) + 4  # ": " and CRLF
         key = name.decode("latin-1").lower()
         if key in ("origin", "last-event-id", "access-control-request-method"):
             self.headers[key] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self.method = self.parser.get_method()
+        # data_received's count misses a head that arrives whole in one read: it is
+        # parsed (and would be handled) before that check runs.
+        if self.head_bytes > self.settings.max_header_bytes:
+            self.fail(HttpError(431, f"request head over {self.settings.max_header_bytes} bytes"))
 
     def on_message_complete(self) -> None:
         self._cancel_timer()
@@ -125,9 +140,15 @@ class HttpConnection(asyncio.Protocol):
             self.start_stream(target, cors_headers(origin, self.settings.allowed_origins))
 
     def start_stream(self, target: StreamRoute, extra: list[tuple[str, str]]) -> None:
+        try:
+            catch_up = catch_up_request(
+                target.channels, target.query, self.headers.get("last-event-id")
+            )
+        except ValueError as exc:
+            self.fail(HttpError(400, str(exc)))
+            return
         self.done = True
         self.channels = target.channels
-        self.last_event_id = self.headers.get("last-event-id")
         headers = [*SSE_HEADERS, *extra]
         if self.chunked:
             headers.append(("Transfer-Encoding", "chunked"))
@@ -136,13 +157,15 @@ class HttpConnection(asyncio.Protocol):
             headers.append(("Connection", "close"))
             version = "1.0"
         self.transport.write(head(200, headers, version))
-        self.write(sse.encode_retry(self.settings.retry_ms))
+        self.write(retry_hint(self.settings.retry_ms))
         self.streaming = True
-        self.relay.hub.subscribe(self)
+        self.relay.hub.subscribe(self, catch_up)
 
     def respond(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
         self.done = True
         headers = [*headers, ("Content-Length", str(len(body))), ("Connection", "close")]
+        if self.method == b"HEAD":
+            body = b""  # a response to HEAD has no content (RFC 9110, 9.3.2)
         self.transport.write(head(status, headers) + body)
         self.transport.close()
 

@@ -1,0 +1,478 @@
+"""Durable channels, relay side: in-order live delivery, gap filling and catch-up.
+
+The log (``sserelay.events``) gives every event of a channel an id 1, 2, 3, ... in
+commit order, and ``sserelay.publish`` notifies ``{"seq": id, ...}`` in the same
+transaction. For every durable channel with subscribers, the relay keeps the id
+of the last event it delivered live (its *position*):
+
+- a notification with ``seq == position + 1`` is delivered at once;
+- ``seq <= position`` is a duplicate and dropped;
+- a gap (``seq > position + 1``, e.g. after the listener reconnected) or a
+  ``large`` notification (body too big for NOTIFY) makes the relay read the log
+  from its position; notifications arriving meanwhile wait in order behind it.
+
+A channel's position starts at the log's head, read right after its LISTEN took
+effect, so nothing committed after that can be missed. After the listener
+reconnects every live channel is filled from its position.
+
+A stream that comes with ``Last-Event-ID`` (or ``?lastEventId=``, ``?history=N``)
+*catches up* before it joins the live fan-out: it is written the log from its
+position up to the live position, then whatever arrived live meanwhile, and
+then joins the live set, all in one step with no ``await`` between, so there is
+no gap and no duplicate at the seam. Reads are batched per channel and position
+and shared: a thousand clients reconnecting at the same id cost one query per
+batch. At most ``max_replay`` events are replayed per channel; a client further
+behind (or behind retention) first gets a ``missed`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from psycopg_pool import AsyncConnectionPool
+
+from . import durable
+from .durable import LogEvent
+from .events import Event
+
+if TYPE_CHECKING:
+    from .hub import Hub, Subscriber
+
+log = logging.getLogger("sserelay.replay")
+
+#: The event a client gets when events it asked for are gone (retention) or too many.
+MISSED_EVENT = "missed"
+#: Largest id we accept in a Last-Event-ID (PostgreSQL bigint).
+MAX_ID = 2**63 - 1
+
+T = TypeVar("T")
+
+
+class LogReader:
+    """Reads the event log for one relay: a small pool, shared and bounded reads."""
+
+    def __init__(self, dsn: str, *, batch: int = 500, max_connections: int = 4) -> None:
+        self.batch = batch
+        self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            dsn,
+            min_size=0,
+            max_size=max_connections,
+            max_idle=60,
+            open=False,
+            kwargs={"autocommit": True, "application_name": "sserelay-reader"},
+            name="sserelay-reader",
+        )
+        self._inflight: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
+        self.queries = 0
+        self.shared = 0
+
+    async def open(self) -> None:
+        await self.pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self.pool.close(timeout=2)
+
+    async def _shared(self, key: tuple[Any, ...], run: Callable[[], Awaitable[T]]) -> T:
+        """Run ``run`` once for every concurrent caller with the same ``key``."""
+        future = self._inflight.get(key)
+        if future is not None:
+            self.shared += 1
+            result: T = await asyncio.shield(future)
+            return result
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            self.queries += 1
+            value = await run()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: the waiters (if any) get it too
+            raise
+        else:
+            future.set_result(value)
+            return value
+        finally:
+            del self._inflight[key]
+
+    async def _query(self, call: Callable[[Any], Awaitable[T]]) -> T:
+        async with self.pool.connection(timeout=10) as conn:
+            return await call(conn)
+
+    async def installed(self) -> bool:
+        async def ask(conn: Any) -> bool:
+            return await durable.adurable_available(conn)
+
+        return await self._shared(("installed",), lambda: self._query(ask))
+
+    async def head(self, channel: str) -> int:
+        async def ask(conn: Any) -> int:
+            return await durable.last_id(conn, channel) or 0
+
+        return await self._shared(("head", channel), lambda: self._query(ask))
+
+    async def oldest(self, channel: str) -> int | None:
+        async def ask(conn: Any) -> int | None:
+            return await durable.oldest_id(conn, channel)
+
+        return await self._shared(("oldest", channel), lambda: self._query(ask))
+
+    async def prune(self, max_age: datetime.timedelta | None, max_count: int | None) -> int:
+        async def run(conn: Any) -> int:
+            cursor = await conn.execute(durable.PRUNE_SQL, (max_age, max_count))
+            row = await cursor.fetchone()
+            return int(row[0]) if row is not None and row[0] is not None else 0
+
+        return await self._query(run)
+
+    async def read_after(self, channel: str, after: int) -> list[LogEvent]:
+        async def ask(conn: Any) -> list[LogEvent]:
+            return await durable.read_after(conn, channel, after, self.batch)
+
+        return await self._shared(("after", channel, after), lambda: self._query(ask))
+
+
+@dataclass
+class ChannelState:
+    """What the relay knows of one durable channel with subscribers."""
+
+    #: Id of the last event delivered live; None until the head was read.
+    position: int | None = None
+    #: Notifications waiting behind a head read or a fill: (seq, payload object).
+    queue: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    filling: bool = False
+    known: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class CatchUp:
+    """A stream's request to start from a position rather than from now."""
+
+    #: Channel -> the last id the client saw (None: from ``history`` or now).
+    positions: dict[str, int] | None = None
+    history: int | None = None
+
+
+def parse_last_event_id(raw: str | None, channels: tuple[str, ...]) -> dict[str, int] | None:
+    """Per-channel positions from a ``Last-Event-ID``; None if absent; ValueError if malformed.
+
+    One channel: the id itself (``42``). Several: positions in the order of the sorted
+    channel names, joined with ``.`` (``42.0.17``), as :func:`composite_id` writes them.
+    """
+    if raw is None or raw == "":
+        return None
+    parts = raw.split(".")
+    ordered = sorted(channels)
+    if len(parts) != len(ordered):
+        raise ValueError(f"expected {len(ordered)} position(s), got {len(parts)}")
+    positions = {}
+    for channel, part in zip(ordered, parts, strict=True):
+        if not part.isascii() or not part.isdigit():
+            raise ValueError(f"position {part[:40]!r} is not a non-negative integer")
+        value = int(part)
+        if value > MAX_ID:
+            raise ValueError("position out of range")
+        positions[channel] = value
+    return positions
+
+
+def catch_up_request(
+    channels: tuple[str, ...], query: Iterable[tuple[str, str]], header: str | None
+) -> CatchUp | None:
+    """What a stream asks to replay: ``Last-Event-ID`` (header, else ``?lastEventId=``)
+    or ``?history=N``. A malformed id is logged and ignored (the stream starts from
+    now): EventSource gives up for good on any non-200 answer, so it is never a 4xx.
+    A malformed ``history`` is the page author's mistake and raises ``ValueError``.
+    """
+    params = dict(query)
+    raw = header if header is not None else params.get("lastEventId")
+    try:
+        positions = parse_last_event_id(raw, channels)
+    except ValueError as exc:
+        log.info(
+            "ignoring Last-Event-ID %r for %s: %s; starting from now",
+            (raw or "")[:80],
+            ",".join(channels),
+            exc,
+        )
+        positions = None
+    if positions is not None:
+        return CatchUp(positions=positions)
+    history = params.get("history")
+    if history is None or history == "":
+        return None
+    if not history.isascii() or not history.isdigit() or len(history) > 9:
+        raise ValueError(f"history must be a non-negative integer, not {history[:40]!r}")
+    return CatchUp(history=int(history))
+
+
+def composite_id(positions: Iterable[int]) -> str:
+    return ".".join(str(p) for p in positions)
+
+
+def missed_event(channel: str, after: int, resumed_at: int, reason: str) -> Event:
+    data = json.dumps(
+        {"channel": channel, "after": after, "resumed_at": resumed_at, "reason": reason}
+    )
+    return Event(channel, data, event=MISSED_EVENT)
+
+
+class Replay:
+    """The durable-channel logic of one hub (see the module docstring)."""
+
+    def __init__(self, hub: Hub, reader: LogReader, *, max_replay: int = 10_000) -> None:
+        self.hub = hub
+        self.reader = reader
+        self.max_replay = max_replay
+        self.states: dict[str, ChannelState] = {}
+        self.enabled: bool | None = None  # None until we know whether the schema is installed
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.replayed = 0
+        self.filled = 0
+
+    # -- channel lifecycle -------------------------------------------------------------
+
+    def track(self, channel: str) -> None:
+        """The channel got its first subscriber (its position comes once it is LISTENed)."""
+        self.states.setdefault(channel, ChannelState())
+
+    def forget(self, channel: str) -> None:
+        """The channel lost its last subscriber."""
+        self.states.pop(channel, None)
+
+    def positions(self, channel: str) -> int:
+        """The live position of ``channel`` (0 if unknown)."""
+        state = self.states.get(channel)
+        return (state.position or 0) if state is not None else 0
+
+    def is_ready(self, channel: str) -> bool:
+        if self.enabled is False:
+            return True
+        state = self.states.get(channel)
+        return state is not None and state.position is not None
+
+    def on_listening(self, channels: Iterable[str]) -> None:
+        """LISTEN took effect (first time, or again after a reconnect): read or fill."""
+        for channel in channels:
+            state = self.states.setdefault(channel, ChannelState())
+            self._spawn(self._fill(channel, state), f"sserelay-fill-{channel}")
+
+    # -- live notifications ----------------------------------------------------------
+
+    def on_notification(self, channel: str, payload: str) -> bool:
+        """Handle a durable notification; False if ``payload`` is not one (deliver as raw)."""
+        if self.enabled is False:
+            return False  # no log here: a {"seq": ...} payload is just data
+        try:
+            obj = json.loads(payload)
+            seq = obj["seq"]
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return False
+        if not isinstance(obj, dict) or isinstance(seq, bool) or not isinstance(seq, int):
+            return False
+        state = self.states.get(channel)
+        if state is None:
+            return True  # nobody listens any more
+        if state.position is None or state.filling:
+            state.queue.append((seq, obj))
+            return True
+        if not self._advance(channel, state, seq, obj):
+            state.queue.append((seq, obj))
+            self._spawn(self._fill(channel, state), f"sserelay-fill-{channel}")
+        return True
+
+    def _advance(self, channel: str, state: ChannelState, seq: int, obj: dict[str, Any]) -> bool:
+        """Deliver ``seq`` if it is next; True if handled (delivered or duplicate)."""
+        assert state.position is not None
+        if seq <= state.position:
+            return True
+        if seq != state.position + 1 or obj.get("large") or not isinstance(obj.get("data"), str):
+            return False
+        event = obj.get("event")
+        state.position = seq
+        self.hub.publish_event(
+            Event(channel, obj["data"], event=event if isinstance(event, str) else None, seq=seq)
+        )
+        return True
+
+    def _deliver_row(self, channel: str, state: ChannelState, row: LogEvent) -> None:
+        state.position = row.id
+        self.filled += 1
+        self.hub.publish_event(Event(channel, row.data, event=row.event, seq=row.id))
+
+    async def _fill(self, channel: str, state: ChannelState) -> None:
+        """Bring ``channel`` up to date from the log, then drain the waiting notifications."""
+        if state.filling:
+            return
+        state.filling = True
+        try:
+            if self.enabled is None:
+                self.enabled = await self._retry(self.reader.installed, channel, state)
+            if not self.enabled:
+                state.position = 0
+                state.queue.clear()
+                return
+            if state.position is None:
+                state.position = await self._retry(
+                    lambda: self.reader.head(channel), channel, state
+                )
+            while self.states.get(channel) is state:
+                rows = await self._retry(
+                    lambda: self.reader.read_after(channel, state.position or 0), channel, state
+                )
+                if self.states.get(channel) is not state:
+                    return
+                for row in rows:
+                    if row.id > (state.position or 0):
+                        self._deliver_row(channel, state, row)
+                if len(rows) >= self.reader.batch:
+                    continue  # more to read
+                if self._drain(channel, state):
+                    return
+        except _Gone:
+            return
+        finally:
+            state.filling = False
+            if state.position is not None and not state.known.is_set():
+                state.known.set()
+                self.hub.channels_live([channel])
+
+    def _drain(self, channel: str, state: ChannelState) -> bool:
+        """Deliver queued notifications in order; False if a gap remains (read again)."""
+        queue = sorted(state.queue, key=lambda item: item[0])
+        state.queue = []
+        for index, (seq, obj) in enumerate(queue):
+            if not self._advance(channel, state, seq, obj):
+                state.queue = queue[index:]
+                return False
+        return True
+
+    async def _retry(
+        self, call: Callable[[], Awaitable[T]], channel: str, state: ChannelState
+    ) -> T:
+        """Keep trying a read while the channel still has subscribers (jittered backoff)."""
+        delay = 0.1
+        while True:
+            try:
+                return await call()
+            except Exception as exc:  # the database is down or restarting: keep trying
+                if self.states.get(channel) is not state:
+                    raise _Gone from exc
+                log.warning("reading the log of %r failed (%s); retrying", channel, exc)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 5.0)
+
+    # -- catch-up of one stream ------------------------------------------------------
+
+    def start_catch_up(self, sub: Subscriber, request: CatchUp) -> None:
+        self._spawn(self._catch_up(sub, request), "sserelay-catch-up")
+
+    async def _catch_up(self, sub: Subscriber, request: CatchUp) -> None:
+        hub = self.hub
+        try:
+            for channel in sub.channels:
+                state = self.states.get(channel)
+                if state is None:
+                    return  # the stream is gone
+                await state.known.wait()
+            if not self.enabled:
+                hub.finish_catch_up(sub, {})
+                return
+            # The stream's own positions: where it starts, advanced as rows are written.
+            vector = {
+                channel: self._start_position(channel, self.states[channel], request)
+                for channel in sorted(sub.channels)
+            }
+            for channel in vector:
+                state = self.states.get(channel)
+                if state is None or not hub.is_catching_up(sub):
+                    return
+                if not await self._replay_channel(sub, channel, state, vector):
+                    return  # dropped as slow, or gone
+            hub.finish_catch_up(sub, vector)
+        except _Gone:
+            return
+
+    def _start_position(self, channel: str, state: ChannelState, request: CatchUp) -> int:
+        live = state.position or 0
+        if request.positions is not None:
+            start = request.positions[channel]
+            if start > live:
+                log.info(
+                    "Last-Event-ID position %d on %r is ahead of the log (%d): from now",
+                    start,
+                    channel,
+                    live,
+                )
+                return live
+            return start
+        if request.history is not None:
+            return max(live - request.history, 0)
+        return live
+
+    async def _replay_channel(
+        self, sub: Subscriber, channel: str, state: ChannelState, vector: dict[str, int]
+    ) -> bool:
+        """Write ``channel``'s log from ``vector[channel]`` up to the live position."""
+        hub = self.hub
+        live = state.position or 0
+        if live - vector[channel] > self.max_replay:
+            resumed = live - self.max_replay
+            sub.deliver(missed_event(channel, vector[channel], resumed, "too many events"))
+            vector[channel] = resumed
+        if vector[channel] < live:
+            oldest = await self._retry(lambda: self.reader.oldest(channel), channel, state)
+            if oldest is None or oldest > vector[channel] + 1:
+                resumed = live if oldest is None else oldest - 1
+                sub.deliver(missed_event(channel, vector[channel], resumed, "retention"))
+                vector[channel] = resumed
+        while vector[channel] < (state.position or 0):
+            rows = await self._retry(
+                lambda: self.reader.read_after(channel, vector[channel]), channel, state
+            )
+            if not hub.is_catching_up(sub) or self.states.get(channel) is not state:
+                return False
+            live = state.position or 0
+            for row in rows:
+                if row.id > live:
+                    break
+                vector[channel] = row.id
+                self.replayed += 1
+                event = Event(channel, row.data, event=row.event, seq=row.id)
+                if not sub.deliver(hub.stamp(event, sub, vector)):
+                    hub.drop_slow(sub)
+                    return False
+            if not rows:
+                break  # pruned meanwhile
+        return True
+
+    # -- task ownership ---------------------------------------------------------------
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("replay task failed", exc_info=task.exception())
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+
+
+class _Gone(Exception):
+    """The channel or stream a task worked for has no subscribers any more."""
