@@ -8,7 +8,6 @@ import contextlib
 import datetime
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -16,7 +15,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, config
 from .config import Settings, load_settings, parse_log_level, settings_from_env
 from .errors import ConfigError, SseRelayError
 from .events import event_from_notification
@@ -90,6 +89,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         heartbeat=args.heartbeat,
         retry_ms=args.retry,
+        retention_age=args.retention_age,
+        retention_count=args.retention_count,
+        max_replay=args.max_replay,
     )
     dsn = resolve_dsn(settings.dsn, settings.data_dir, announce=True)
     if settings.workers == 1:
@@ -141,21 +143,18 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
 def parse_duration(text: str) -> datetime.timedelta:
-    """``7d``, ``12h``, ``1d12h``, ``90m``, ``30s``, ``2w`` -> a timedelta."""
-    parts = _DURATION_PART.findall(text.strip().lower())
-    if not parts or "".join(n + u for n, u in parts) != text.strip().lower():
+    """``7d``, ``12h``, ``1d12h``, ``90m``, ``30s``, ``2w`` -> a timedelta (for argparse)."""
+    try:
+        return datetime.timedelta(seconds=config.parse_duration(text))
+    except ConfigError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a duration like 7d, 12h, 1d12h, 90m, 30s or 2w"
-        )
-    return sum(
-        (datetime.timedelta(**{_DURATION_UNITS[unit]: float(n)}) for n, unit in parts),
-        datetime.timedelta(0),
-    )
+            f"{text!r} is not a positive duration like 90s, 15m, 12h, 7d or 1d12h"
+        ) from None
+
+
+def _seconds(text: str) -> float:
+    return parse_duration(text).total_seconds()
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -248,6 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
     serve.add_argument("--heartbeat", type=float, help="seconds between heartbeats (default 15)")
     serve.add_argument("--retry", type=int, help="client reconnect delay in ms (default 2000)")
+    serve.add_argument(
+        "--retention-age",
+        type=_seconds,
+        help="durable channels: prune events older than this (7d, 12h, 90m)",
+    )
+    serve.add_argument(
+        "--retention-count", type=int, help="durable channels: keep at most N events per channel"
+    )
+    serve.add_argument(
+        "--max-replay", type=int, help="most events replayed per channel to one stream (10000)"
+    )
     database_options(serve)
     serve.set_defaults(func=cmd_serve)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,21 +122,18 @@ def parse_log_level(value: str, source: str = "LOG_LEVEL") -> str:
     return level
 
 
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
+_DURATION_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(value: str, source: str = "duration") -> float:
-    """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w`` -> seconds."""
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w``, ``1d12h`` -> seconds (positive)."""
     text = value.strip().lower()
-    unit = _DURATION_UNITS.get(text[-1:])
-    number = text[:-1] if unit is not None else text
-    try:
-        seconds = float(number) * (unit or 1)
-    except ValueError:
-        raise ConfigError(
-            f"{source}={value!r} is not a duration like 90s, 15m, 12h or 7d"
-        ) from None
-    if not seconds > 0 or seconds == float("inf"):
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text or any(u == "" for _, u in parts[:-1]):
+        raise ConfigError(f"{source}={value!r} is not a duration like 90s, 15m, 12h, 7d or 1d12h")
+    seconds = sum(float(n) * _DURATION_SECONDS[u] for n, u in parts)
+    if not 0 < seconds < float("inf"):
         raise ConfigError(f"{source}={value!r} must be a positive duration")
     return seconds
 

@@ -59,6 +59,22 @@ class RelayCollector(Collector):
             "Times the listener reconnected after losing its connection.",
             listener.reconnects,
         )
+        replay = self.relay.replay
+        yield CounterMetricFamily(
+            "sserelay_events_replayed",
+            "Durable events written to catching-up streams.",
+            replay.replayed,
+        )
+        yield CounterMetricFamily(
+            "sserelay_log_reads",
+            "Queries run against the durable event log.",
+            self.relay.reader.queries,
+        )
+        yield CounterMetricFamily(
+            "sserelay_log_reads_shared",
+            "Log reads answered by a query already in flight.",
+            self.relay.reader.shared,
+        )
         rejected = CounterMetricFamily(
             "sserelay_requests_rejected",
             "Requests answered with an error, by status.",
