@@ -415,13 +415,14 @@ def test_prune_rejects_bad_arguments(db: str, kwargs: dict[str, Any]) -> None:
         ("30s", datetime.timedelta(seconds=30)),
         ("2w", datetime.timedelta(weeks=2)),
         ("1.5h", datetime.timedelta(minutes=90)),
+        ("3600", datetime.timedelta(hours=1)),  # bare seconds, as in SSERELAY_RETENTION_AGE
     ],
 )
 def test_parse_duration(text: str, expected: datetime.timedelta) -> None:
     assert cli.parse_duration(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "7", "d", "7x", "7d x", "-1d"])
+@pytest.mark.parametrize("text", ["", "0", "d", "7x", "7d x", "-1d", "1.5.2h", "inf"])
 def test_parse_duration_rejects(text: str) -> None:
-    with pytest.raises(Exception, match="not a duration"):
+    with pytest.raises(Exception, match="not a positive duration"):
         cli.parse_duration(text)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -79,7 +80,7 @@ class Settings:
             "shutdown_timeout",
         ):
             value = getattr(self, name)
-            if not value > 0:
+            if not 0 < value < math.inf:
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value}")
         for name in ("max_client_buffer", "max_channels_per_stream", "max_header_bytes"):
             value = getattr(self, name)

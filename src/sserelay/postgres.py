@@ -179,8 +179,11 @@ class PostgresListener:
             # command runs, so the reader is armed afresh for every idle wait.
             loop.add_reader(fd, self._wake.set)
             try:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
+                # lands as the wake-up fires, and the task then never stops on shutdown.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.01))
+                    async with asyncio.timeout(max(timeout, 0.01)):
+                        await self._wake.wait()
             finally:
                 loop.remove_reader(fd)
 
@@ -203,7 +206,11 @@ class PostgresListener:
             return
         self.notifications += 1
         if channel in self._wanted:
-            self._on_message(channel, payload)
+            try:
+                self._on_message(channel, payload)
+            except Exception:
+                # One bad notification must not take the listener (and every stream) down.
+                log.exception("delivering a notification on %r failed; dropped it", channel)
 
     async def _sync(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """LISTEN what is wanted and UNLISTEN what is not, in batches."""
@@ -214,9 +221,11 @@ class PostgresListener:
                 return
             statements = [sql.SQL("LISTEN {}").format(sql.Identifier(c)) for c in add]
             statements += [sql.SQL("UNLISTEN {}").format(sql.Identifier(c)) for c in drop]
+            # Not live from the moment the UNLISTEN is sent: a subscriber arriving while it
+            # is in flight must wait for the LISTEN that follows, not be told it is live.
+            self._active.difference_update(drop)
             await conn.execute(sql.SQL("; ").join(statements))
             self._active.update(add)
-            self._active.difference_update(drop)
             if add:
                 self._on_listening(c for c in add if c in self._wanted)
 
@@ -224,10 +233,10 @@ class PostgresListener:
         if self._probe_sent is not None:
             return  # one probe in flight at a time
         self._probe_sent = time.monotonic()
-        await asyncio.wait_for(
-            conn.execute("SELECT pg_notify(%s, %s)", (self.probe_channel, repr(self._probe_sent))),
-            timeout=self.probe_timeout,
-        )
+        async with asyncio.timeout(self.probe_timeout):  # not wait_for: see _session
+            await conn.execute(
+                "SELECT pg_notify(%s, %s)", (self.probe_channel, repr(self._probe_sent))
+            )
 
     def _probe_answered(self, payload: str) -> None:
         try:

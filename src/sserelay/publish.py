@@ -156,8 +156,8 @@ def _check(
     validate_channel(channel)
     if durable is False:
         return encode_payload(data, event=event, id=id, retry=retry)
-    if durable:
-        prepare(channel, data, event)
+    # durable, or undecided until we ask the database: check what both paths need now.
+    prepare(channel, data, event)
     return None
 
 

@@ -340,9 +340,12 @@ class Replay:
             return
         finally:
             state.filling = False
-            if state.position is not None and not state.known.is_set():
+            if state.position is not None:
                 state.known.set()
-                self.hub.channels_live([channel])
+                # Every time, not only the first: after a reconnect, streams that opened
+                # while the channel was not LISTENed are still waiting for their ": ready".
+                if self.hub.is_live(channel):
+                    self.hub.channels_live([channel])
 
     def _drain(self, channel: str, state: ChannelState) -> bool:
         """Deliver queued notifications in order; False if a gap remains (read again)."""

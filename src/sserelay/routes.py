@@ -75,7 +75,7 @@ def route(method: str, path: str, query: str, *, max_channels: int) -> Route:
         raise HttpError(400, "request target must be an absolute path")
     if method != "GET":
         raise HttpError(
-            405, f"method {method[:20]} not allowed; use GET", (("Allow", "GET, OPTIONS"),)
+            405, f"method {method[:20]!r} not allowed; use GET", (("Allow", "GET, OPTIONS"),)
         )
     params = _query(query)
     if path == "/healthz" or path == "/metrics":

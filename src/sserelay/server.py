@@ -113,6 +113,11 @@ class HttpConnection(asyncio.Protocol):
     def handle(self) -> None:
         method = self.parser.get_method().decode("latin-1")
         version = self.parser.get_http_version()
+        if version not in ("1.0", "1.1"):
+            # httptools accepts HTTP/0.9 (no version) and "HTTP/2.0" in text: neither
+            # client could read the chunked HTTP/1.1 stream they would otherwise get.
+            self.fail(HttpError(400, f"HTTP/{version} is not supported; use HTTP/1.1"))
+            return
         self.chunked = version != "1.0"
         origin = self.headers.get("origin")
         if method == "OPTIONS":

@@ -47,7 +47,8 @@ def encode_event(
 def encode_comment(text: str = "") -> bytes:
     """A comment line (``: text``); browsers ignore it, proxies see traffic."""
     lines = _LINE_END.split(text)
-    return ("".join(f": {line}\n" if line else ":\n" for line in lines) + "\n").encode()
+    comment = "".join(f": {line}\n" if line else ":\n" for line in lines) + "\n"
+    return comment.encode("utf-8", "replace")  # as encode_event: never raise on a lone surrogate
 
 
 def encode_retry(milliseconds: int) -> bytes:

@@ -4,17 +4,25 @@
   really sends (status, headers, chunked framing, events and comments).
 - :func:`running_relay`: an in-process relay on a free port, shut down on exit.
 - :func:`notify`: a raw ``pg_notify`` from a separate connection.
+- :func:`raw_request`: send raw bytes, read a whole (non-streaming) response.
+- :func:`wait_until`: poll a condition with a deadline instead of sleeping.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import inspect
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from .config import Settings
 from .relay import Relay
@@ -125,6 +133,28 @@ class SseClient:
                 if message.is_event:
                     raise AssertionError(f"event before ready: {message}")
 
+    @classmethod
+    async def open_raw(
+        cls, host: str, port: int, request: bytes, *, timeout: float = 10.0
+    ) -> SseClient:
+        """Send ``request`` verbatim (any version, headers, trailing bytes); read the head."""
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        writer.write(request)
+        client = cls(reader, writer)
+        try:
+            await asyncio.wait_for(client._read_head(), timeout)
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def wait_closed(self, timeout: float = 10.0) -> None:
+        """Read (and record) messages until the server ends the stream."""
+        async with asyncio.timeout(timeout):
+            with contextlib.suppress(StreamClosed):
+                while True:
+                    await self.next_message(timeout)
+
     async def close(self) -> None:
         self.writer.close()
         with contextlib.suppress(Exception):
@@ -172,3 +202,110 @@ async def notify(dsn: str, channel: str, payload: str) -> None:
     """Send one raw notification from a connection of its own."""
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+
+@dataclass
+class RawResponse:
+    """A complete, non-streaming HTTP response as :func:`raw_request` read it."""
+
+    status: int
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+    raw: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+async def raw_request(
+    host: str, port: int, request: bytes | Sequence[bytes], *, timeout: float = 10.0
+) -> RawResponse:
+    """Send raw bytes (several writes if ``request`` is a sequence) and read to EOF.
+
+    For answers the relay closes after (errors, ``/healthz``, ``/metrics``), not for streams.
+    """
+    parts = [request] if isinstance(request, bytes) else list(request)
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            with contextlib.suppress(ConnectionError):  # the server may answer and close early
+                for part in parts:
+                    writer.write(part)
+                    await writer.drain()
+            raw = b""
+            with contextlib.suppress(ConnectionError):
+                while chunk := await reader.read(65536):
+                    raw += chunk
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        raise AssertionError(f"no complete response head in {raw[:200]!r}")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return RawResponse(int(status_line.split()[1]), headers, body, raw)
+
+
+@contextlib.contextmanager
+def showing_frames(*clients: SseClient) -> Iterator[None]:
+    """Turn any failure inside the block into an AssertionError listing the frames seen.
+
+    A streaming test that times out or trips over a closed stream then says what it got.
+    """
+    try:
+        yield
+    except Exception as exc:
+        seen = "\n".join(f"  client {i}: {client.seen!r}" for i, client in enumerate(clients))
+        raise AssertionError(f"{type(exc).__name__}: {exc}\nframes seen:\n{seen}") from exc
+
+
+async def wait_until(
+    condition: Callable[[], object],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.01,
+    message: str | Callable[[], str] = "",
+) -> None:
+    """Poll ``condition`` (sync, or returning an awaitable) until it is truthy, or fail.
+
+    The way to wait for state with no readiness event of its own, without sleeping blindly.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            text = message() if callable(message) else message
+            raise AssertionError(f"condition not met within {timeout:g}s: {text}")
+        await asyncio.sleep(interval)
+
+
+@contextlib.contextmanager
+def temporary_database(dsn: str, *, migrate: bool = False) -> Iterator[str]:
+    """A fresh database on ``dsn``'s server, dropped on exit; yields its DSN.
+
+    ``migrate=True`` installs the durable-channel schema in it first.
+    """
+    name = f"sserelay_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        db = make_conninfo(dsn, dbname=name)
+        if migrate:
+            from .schema import migrate as run_migrations
+
+            run_migrations(db)
+        yield db
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
