@@ -258,7 +258,8 @@ class PostgresListener:
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), timeout=2)
+                async with asyncio.timeout(2):  # not wait_for: see _session
+                    await conn.close()
         if was_connected:
             log.info("listener disconnected")
 

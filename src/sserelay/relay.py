@@ -109,7 +109,8 @@ class Relay:
         if self.connections:
             self._all_closed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_closed.wait(), self.settings.shutdown_timeout)
+                async with asyncio.timeout(self.settings.shutdown_timeout):
+                    await self._all_closed.wait()
         for conn in list(self.connections):
             conn.transport.abort()
         for task in self._tasks:
@@ -121,8 +122,9 @@ class Relay:
         await self.replay.close()
         await self.reader.close()
         if self._server is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), timeout=1)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    await self._server.wait_closed()
 
     async def _prune_forever(self) -> None:
         """Apply the retention settings every ``prune_interval`` seconds (jittered).

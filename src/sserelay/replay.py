@@ -66,6 +66,8 @@ class LogReader:
             min_size=0,
             max_size=max_connections,
             max_idle=60,
+            # After an outage the pool may hold dead connections: test each one lent out.
+            check=AsyncConnectionPool.check_connection,
             open=False,
             kwargs={"autocommit": True, "application_name": "sserelay-reader"},
             name="sserelay-reader",
