@@ -43,5 +43,8 @@ def start_embedded(data_dir: Path | None = None) -> str:
             "PostgreSQL is not installed: pip install 'sserelay[embedded]'"
         ) from None
     log.info("starting embedded PostgreSQL in %s", path)
+    # pgserver narrates every command it runs at INFO; keep that for DEBUG.
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("pgserver").setLevel(logging.WARNING)
     server = pgserver.get_server(path, cleanup_mode="stop")  # type: ignore[attr-defined]  # untyped package
     return str(server.get_uri())
