@@ -38,3 +38,11 @@ def durable_dsn(dsn: str) -> Iterator[str]:
     """A database of the test's own with the durable schema installed (dropped after)."""
     with temporary_database(dsn, migrate=True) as db:
         yield db
+
+
+@pytest.fixture(scope="module")
+def module_dsn(dsn: str) -> Iterator[str]:
+    """A database of the test module's own: NOTIFY is per database, so another test run on
+    the same server (CI, a colleague, a benchmark) cannot send events to its streams."""
+    with temporary_database(dsn) as db:
+        yield db

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
@@ -21,7 +21,6 @@ from sserelay.testing import (
     raw_request,
     running_relay,
     showing_frames,
-    temporary_database,
     wait_until,
 )
 
@@ -37,11 +36,8 @@ MAX_HEAD = 8192
 
 
 @pytest.fixture(scope="module")
-def dsn(dsn: str) -> Iterator[str]:
-    """A database of this module's own: NOTIFY is per database, so another test run on
-    the same server (CI, a colleague, a benchmark) cannot send events to these streams."""
-    with temporary_database(dsn) as db:
-        yield db
+def dsn(module_dsn: str) -> str:
+    return module_dsn  # isolated: see conftest.module_dsn
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -28,7 +28,6 @@ from sserelay.testing import (
     raw_request,
     running_relay,
     showing_frames,
-    temporary_database,
     wait_until,
 )
 
@@ -39,11 +38,8 @@ FAST_RECONNECT = {"reconnect_min": 0.05, "reconnect_max": 0.5}
 
 
 @pytest.fixture(scope="module")
-def dsn(dsn: str) -> Iterator[str]:
-    """A database of this module's own: NOTIFY is per database, so another test run on
-    the same server (CI, a colleague, a benchmark) cannot send events to these streams."""
-    with temporary_database(dsn) as db:
-        yield db
+def dsn(module_dsn: str) -> str:
+    return module_dsn  # isolated: see conftest.module_dsn
 
 
 async def open_ready(relay: Relay, path: str) -> SseClient:

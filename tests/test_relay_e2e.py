@@ -11,7 +11,7 @@ import contextlib
 import json
 import re
 import socket
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from urllib.parse import quote
 
 import psycopg
@@ -27,7 +27,6 @@ from sserelay.testing import (
     raw_request,
     running_relay,
     showing_frames,
-    temporary_database,
     wait_until,
 )
 
@@ -37,11 +36,8 @@ HOST = "127.0.0.1"
 
 
 @pytest.fixture(scope="module")
-def dsn(dsn: str) -> Iterator[str]:
-    """A database of this module's own: NOTIFY is per database, so another test run on
-    the same server (CI, a colleague, a benchmark) cannot send events to these streams."""
-    with temporary_database(dsn) as db:
-        yield db
+def dsn(module_dsn: str) -> str:
+    return module_dsn  # isolated: see conftest.module_dsn
 
 
 async def stream(relay: Relay, path: str, **headers: str) -> SseClient:

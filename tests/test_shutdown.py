@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
@@ -25,7 +25,6 @@ from sserelay.testing import (
     raw_request,
     running_relay,
     showing_frames,
-    temporary_database,
     wait_until,
 )
 
@@ -36,11 +35,8 @@ RETRY_MS = 1500
 
 
 @pytest.fixture(scope="module")
-def dsn(dsn: str) -> Iterator[str]:
-    """A database of this module's own: NOTIFY is per database, so another test run on
-    the same server (CI, a colleague, a benchmark) cannot send events to these streams."""
-    with temporary_database(dsn) as db:
-        yield db
+def dsn(module_dsn: str) -> str:
+    return module_dsn  # isolated: see conftest.module_dsn
 
 
 class RelayProcess:
