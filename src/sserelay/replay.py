@@ -19,10 +19,11 @@ A stream that comes with ``Last-Event-ID`` (or ``?lastEventId=``, ``?history=N``
 *catches up* before it joins the live fan-out: it is written the log from its
 position up to the live position, then whatever arrived live meanwhile, and
 then joins the live set, all in one step with no ``await`` between, so there is
-no gap and no duplicate at the seam. Reads are batched per channel and position
-and shared: a thousand clients reconnecting at the same id cost one query per
-batch. At most ``max_replay`` events are replayed per channel; a client further
-behind (or behind retention) first gets a ``missed`` event.
+no gap and no duplicate at the seam. Catch-up reads are batched per channel and
+position and shared: a thousand clients reconnecting at the same id cost one query
+per batch. At most ``max_replay`` events are replayed per channel; a client further
+behind (or behind retention) first gets a ``missed`` event. ``?history=N`` asks for
+*up to* N events: it gets those that are left, without ``missed``.
 """
 
 from __future__ import annotations
@@ -134,10 +135,16 @@ class LogReader:
 
         return await self._query(run)
 
-    async def read_after(self, channel: str, after: int) -> list[LogEvent]:
+    async def read_after(self, channel: str, after: int, *, shared: bool = True) -> list[LogEvent]:
+        """Up to ``batch`` events after ``after``; ``shared=False`` for a read that must start
+        now (not join one in flight, whose snapshot may be older)."""
+
         async def ask(conn: Any) -> list[LogEvent]:
             return await durable.read_after(conn, channel, after, self.batch)
 
+        if not shared:
+            self.queries += 1
+            return await self._query(ask)
         return await self._shared(("after", channel, after), lambda: self._query(ask))
 
 
@@ -150,6 +157,8 @@ class ChannelState:
     #: Notifications waiting behind a head read or a fill: (seq, payload object).
     queue: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     filling: bool = False
+    #: A fill was asked for while one ran (LISTEN took effect again): it must read once more.
+    again: bool = False
     known: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -312,6 +321,9 @@ class Replay:
     async def _fill(self, channel: str, state: ChannelState) -> None:
         """Bring ``channel`` up to date from the log, then drain the waiting notifications."""
         if state.filling:
+            # Its read may predate a LISTEN that just took effect again: events committed
+            # in between were notified to nobody, so it reads once more before it ends.
+            state.again = True
             return
         state.filling = True
         try:
@@ -326,8 +338,12 @@ class Replay:
                     lambda: self.reader.head(channel), channel, state
                 )
             while self.states.get(channel) is state:
+                state.again = False
+                # Not shared: a read in flight for a catch-up may predate the LISTEN.
                 rows = await self._retry(
-                    lambda: self.reader.read_after(channel, state.position or 0), channel, state
+                    lambda: self.reader.read_after(channel, state.position or 0, shared=False),
+                    channel,
+                    state,
                 )
                 if self.states.get(channel) is not state:
                     return
@@ -337,7 +353,15 @@ class Replay:
                 if len(rows) >= self.reader.batch:
                     continue  # more to read
                 if self._drain(channel, state):
+                    if state.again:
+                        continue
                     return
+                if not rows and not await self._retry(
+                    lambda: self.reader.read_after(channel, state.position or 0, shared=False),
+                    channel,
+                    state,
+                ):
+                    self._skip_gap(channel, state)
         except _Gone:
             return
         finally:
@@ -358,6 +382,26 @@ class Replay:
                 state.queue = queue[index:]
                 return False
         return True
+
+    def _skip_gap(self, channel: str, state: ChannelState) -> None:
+        """A notification waits beyond the position, but a read that began after it arrived
+        found nothing there: the events were pruned, or the payload only looks durable (a
+        raw NOTIFY of ``{"seq":...}``). Skip to it, delivering it if it carries its data,
+        rather than read the log again and again for ever."""
+        position = state.position or 0
+        waiting = [item for item in state.queue if item[0] > position]
+        if not waiting:
+            return
+        seq, obj = min(waiting, key=lambda item: item[0])
+        log.warning(
+            "%r: the log has nothing after %d, yet seq %d came; skipping to it",
+            channel,
+            position,
+            seq,
+        )
+        state.position = seq - 1
+        if not self._advance(channel, state, seq, obj):
+            state.position = seq  # its body was only in the log, and is gone too
 
     async def _retry(
         self, call: Callable[[], Awaitable[T]], channel: str, state: ChannelState
@@ -399,7 +443,9 @@ class Replay:
                 state = self.states.get(channel)
                 if state is None or not hub.is_catching_up(sub):
                     return
-                if not await self._replay_channel(sub, channel, state, vector):
+                # ?history=N asks for *up to* N events, so it never gets `missed`.
+                report = request.positions is not None
+                if not await self._replay_channel(sub, channel, state, vector, report):
                     return  # dropped as slow, or gone
             hub.finish_catch_up(sub, vector)
         except _Gone:
@@ -423,20 +469,31 @@ class Replay:
         return live
 
     async def _replay_channel(
-        self, sub: Subscriber, channel: str, state: ChannelState, vector: dict[str, int]
+        self,
+        sub: Subscriber,
+        channel: str,
+        state: ChannelState,
+        vector: dict[str, int],
+        report: bool = True,
     ) -> bool:
-        """Write ``channel``'s log from ``vector[channel]`` up to the live position."""
+        """Write ``channel``'s log from ``vector[channel]`` up to the live position.
+
+        Events that cannot be replayed (over ``max_replay``, or pruned) are skipped, with a
+        ``missed`` event first if ``report``.
+        """
         hub = self.hub
         live = state.position or 0
         if live - vector[channel] > self.max_replay:
             resumed = live - self.max_replay
-            sub.deliver(missed_event(channel, vector[channel], resumed, "too many events"))
+            if report:
+                sub.deliver(missed_event(channel, vector[channel], resumed, "too many events"))
             vector[channel] = resumed
         if vector[channel] < live:
             oldest = await self._retry(lambda: self.reader.oldest(channel), channel, state)
             if oldest is None or oldest > vector[channel] + 1:
                 resumed = live if oldest is None else oldest - 1
-                sub.deliver(missed_event(channel, vector[channel], resumed, "retention"))
+                if report:
+                    sub.deliver(missed_event(channel, vector[channel], resumed, "retention"))
                 vector[channel] = resumed
         while vector[channel] < (state.position or 0):
             rows = await self._retry(
@@ -445,6 +502,12 @@ class Replay:
             if not hub.is_catching_up(sub) or self.states.get(channel) is not state:
                 return False
             live = state.position or 0
+            if not rows or rows[0].id > vector[channel] + 1:
+                # A prune ran between the retention check and this read: say so.
+                resumed = live if not rows else min(rows[0].id - 1, live)
+                if report:
+                    sub.deliver(missed_event(channel, vector[channel], resumed, "retention"))
+                vector[channel] = resumed
             for row in rows:
                 if row.id > live:
                     break
@@ -454,8 +517,6 @@ class Replay:
                 if not sub.deliver(hub.stamp(event, sub, vector)):
                     hub.drop_slow(sub)
                     return False
-            if not rows:
-                break  # pruned meanwhile
         return True
 
     # -- task ownership ---------------------------------------------------------------
