@@ -1,4 +1,5 @@
-"""The ``sserelay`` command: ``serve``, ``publish``, ``listen``, ``migrate``, ``prune``."""
+"""The ``sserelay`` command: ``serve``, ``publish``, ``listen``, ``migrate``, ``prune``,
+``token``."""
 
 from __future__ import annotations
 
@@ -93,6 +94,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         retention_count=args.retention_count,
         max_replay=args.max_replay,
     )
+    if settings.jwt_secret is not None or settings.jwt_public_key is not None:
+        # Fail closed until the HTTP adapters check tokens (the next step): a relay given
+        # a key must never serve the channels it would make private to everyone.
+        raise ConfigError(
+            "SSERELAY_JWT_SECRET / SSERELAY_JWT_PUBLIC_KEY are set, but serve does not "
+            "check tokens yet; unset them to run an open relay"
+        )
     dsn = resolve_dsn(settings.dsn, settings.data_dir, announce=True)
     if settings.workers == 1:
         return run_async(lambda: _serve(settings, dsn, None))
@@ -221,6 +229,37 @@ def _env_dsn() -> str | None:
     return value if isinstance(value, str) else None
 
 
+# -- token ---------------------------------------------------------------------------
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from .auth import load_private_key, mint_token, read_key_file
+
+    if not args.channels and not args.publish:
+        raise ConfigError("token needs at least one --channel or --publish")
+    key: str | bytes
+    if args.jwt_private_key is not None:
+        key = read_key_file(args.jwt_private_key, "--jwt-private-key")
+        _, algorithm = load_private_key(key, f"--jwt-private-key {str(args.jwt_private_key)!r}")
+    else:
+        key = args.jwt_secret or os.environ.get("SSERELAY_JWT_SECRET", "")
+        algorithm = "HS256"
+        if not key:
+            raise ConfigError(
+                "token needs a key: SSERELAY_JWT_SECRET, --jwt-secret or --jwt-private-key"
+            )
+    token = mint_token(
+        key,
+        subscribe=args.channels,
+        publish=args.publish,
+        ttl=args.ttl,
+        subject=args.subject,
+        algorithm=algorithm,
+    )
+    print(token, flush=True)
+    return 0
+
+
 # -- the parser ----------------------------------------------------------------------
 
 
@@ -291,6 +330,39 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("channels", nargs="+", metavar="CHANNEL")
     database_options(listen)
     listen.set_defaults(func=cmd_listen)
+
+    tok = sub.add_parser("token", help="print a signed token for a subscriber or publisher")
+    tok.add_argument(
+        "--channel",
+        action="append",
+        default=[],
+        dest="channels",
+        metavar="PATTERN",
+        help="channel (or pattern like 'room-*') the bearer may subscribe to; repeatable",
+    )
+    tok.add_argument(
+        "--publish",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="channel (or pattern) the bearer may publish to; repeatable",
+    )
+    tok.add_argument(
+        "--ttl", type=_seconds, default=3600.0, help="lifetime: 3600, 15m, 12h (default 1h)"
+    )
+    tok.add_argument("--subject", help="who the bearer is (the sub claim), for logs and limits")
+    key = tok.add_mutually_exclusive_group()
+    key.add_argument(
+        "--jwt-secret",
+        help="HS256 secret; prefer env SSERELAY_JWT_SECRET (flags show in ps and history)",
+    )
+    key.add_argument(
+        "--jwt-private-key",
+        type=Path,
+        metavar="PEM",
+        help="RSA or EC P-256 private key file, to sign RS256/ES256 tokens",
+    )
+    tok.set_defaults(func=cmd_token)
     return parser
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, InvalidChannel
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +62,15 @@ class Settings:
     prune_interval: float = 60.0
     #: Most events replayed to one stream per channel; past it a ``missed`` event is sent.
     max_replay: int = 10_000
+    #: HS256 secret that signs subscriber/publisher tokens (at least 32 bytes). With it, or
+    #: with ``jwt_public_key``, every channel not in ``public_channels`` needs a token.
+    jwt_secret: str | None = dataclasses.field(default=None, repr=False)
+    #: PEM file of the RSA or EC P-256 public key that verifies RS256/ES256 tokens.
+    jwt_public_key: Path | None = None
+    #: Channel patterns (``lobby``, ``news-*``) anyone may read when tokens are configured.
+    public_channels: tuple[str, ...] = ()
+    #: The cookie a browser may carry its token in.
+    token_cookie: str = "sserelay_token"
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]  # checked below
@@ -100,6 +109,7 @@ class Settings:
             raise ConfigError("reconnect_max must not be smaller than reconnect_min")
         if self.log_level not in logging.getLevelNamesMapping():
             raise ConfigError(f"log_level={self.log_level!r} is not a log level; {_LEVELS_HINT}")
+        _check_auth(self)
 
     @property
     def listener_dsn(self) -> str | None:
@@ -113,6 +123,40 @@ def check_port(port: int) -> int:
 
 
 _LEVELS_HINT = "use DEBUG, INFO, WARNING, ERROR or CRITICAL"
+
+#: RFC 6265 cookie-name characters (an HTTP token).
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _check_auth(settings: Settings) -> None:
+    """The token settings: one key at most, and a usable one; valid patterns and cookie."""
+    if not _COOKIE_NAME.fullmatch(settings.token_cookie):
+        raise ConfigError(f"token_cookie={settings.token_cookie!r} is not a valid cookie name")
+    if settings.jwt_secret is not None and settings.jwt_public_key is not None:
+        raise ConfigError(
+            "set jwt_secret (HS256) or jwt_public_key (RS256/ES256), not both: the relay "
+            "verifies tokens with one key and one algorithm"
+        )
+    configured = settings.jwt_secret is not None or settings.jwt_public_key is not None
+    if not configured and not settings.public_channels:
+        return
+    from . import auth  # only when needed: it imports pyjwt and cryptography
+
+    if settings.jwt_secret is not None:
+        auth.check_secret(settings.jwt_secret)
+    if settings.jwt_public_key is not None:
+        pem = auth.read_key_file(settings.jwt_public_key, "jwt_public_key")
+        auth.load_public_key(pem, f"jwt_public_key {str(settings.jwt_public_key)!r}")
+    for pattern in settings.public_channels:
+        try:
+            auth.validate_pattern(pattern)
+        except InvalidChannel as exc:
+            raise ConfigError(f"public_channels: {exc}") from None
+
+
+def parse_patterns(value: str) -> tuple[str, ...]:
+    """``SSERELAY_PUBLIC_CHANNELS``: comma-separated channel patterns (``lobby, news-*``)."""
+    return tuple(p.strip() for p in value.split(",") if p.strip())
 
 
 def parse_log_level(value: str, source: str = "LOG_LEVEL") -> str:
@@ -184,6 +228,14 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> dict[str, object]
         out["allowed_origins"] = parse_origins(env["ALLOWED_ORIGINS"])
     if env.get("LOG_LEVEL"):
         out["log_level"] = parse_log_level(env["LOG_LEVEL"])
+    if env.get("SSERELAY_JWT_SECRET"):
+        out["jwt_secret"] = env["SSERELAY_JWT_SECRET"]
+    if env.get("SSERELAY_JWT_PUBLIC_KEY"):
+        out["jwt_public_key"] = Path(env["SSERELAY_JWT_PUBLIC_KEY"])
+    if env.get("SSERELAY_PUBLIC_CHANNELS"):
+        out["public_channels"] = parse_patterns(env["SSERELAY_PUBLIC_CHANNELS"])
+    if env.get("SSERELAY_TOKEN_COOKIE"):
+        out["token_cookie"] = env["SSERELAY_TOKEN_COOKIE"]
     if env.get("SSERELAY_RETENTION_AGE"):
         out["retention_age"] = parse_duration(
             env["SSERELAY_RETENTION_AGE"], "SSERELAY_RETENTION_AGE"

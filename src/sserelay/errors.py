@@ -44,3 +44,15 @@ class SchemaMissing(SseRelayError):
 
 class BrokerUnavailable(SseRelayError):
     """The broker (PostgreSQL) cannot be reached right now."""
+
+
+class AuthError(SseRelayError):
+    """A request the channel policy refuses: ``status`` is 401 (no valid token: missing,
+    malformed, expired, badly signed...) or 403 (a valid token that does not cover the
+    channel), ``reason`` a one-line explanation safe to send to the client (it never
+    contains the token)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
