@@ -1,0 +1,849 @@
+"""Load generator for SSE relays fed by PostgreSQL NOTIFY.
+
+Opens N real SSE connections (raw asyncio sockets, spread over several client
+processes), waits until every stream is subscribed, then publishes timestamped
+events with ``pg_notify`` from a separate connection, either at a fixed rate or
+as fast as one connection can for a bounded count. Every client checks what it
+gets (delivered, lost, duplicated, out of order) and the NOTIFY-to-client
+latency from the timestamp in the payload (same machine, same clock). The
+coordinator samples the server's RSS and counts its PostgreSQL connections.
+
+Each event's payload is the JSON envelope ``{"data": "<seq>:<time_ns>"}``, which
+sserelay, ``bench/baseline.py`` and ``sse-relay-server`` all turn into the SSE
+line ``data: <seq>:<time_ns>``. Only ``data:`` lines are parsed, with one regex
+call per read. Even so, on loopback a client's kernel receive costs about what the
+server's send does, so the busiest client process's CPU share is reported and
+flagged past 85%: then the client side may be what limits the run.
+
+Everything is bounded: connecting, readiness, publishing, draining and the whole
+run have deadlines; the run stops by itself and leaves no process behind.
+
+    python bench/loadgen.py --url http://127.0.0.1:8001/events/bench \\
+        --clients 5000 --rate 10 --duration 20 --server-pid 1234
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import re
+import resource
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+DATA_LINE = re.compile(rb"data: (\d+):(\d+)")
+PAYLOAD = re.compile(r'"(\d+):(\d+)"')
+READY_COMMENT = b": ready"
+HEAD_END = b"\r\n\r\n"
+#: Linux IP_BIND_ADDRESS_NO_PORT: bind a source address, pick the port at connect().
+IP_BIND_ADDRESS_NO_PORT = 24
+#: A client process that used more CPU than this share of the window was the bottleneck.
+SATURATED_CPU_SHARE = 0.85
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """One load run, as given on the command line."""
+
+    url: str
+    clients: int
+    channel: str
+    dsn: str
+    rate: float | None
+    duration: float
+    count: int
+    procs: int
+    ready: str  # "comment" | "headers" | "pg"
+    settle: float
+    source_addrs: int
+    server_pid: int | None
+    connect_timeout: float
+    drain_timeout: float
+    hold: float
+    deadline: float
+    label: str
+
+    @property
+    def target(self) -> tuple[str, int, str]:
+        parts = urllib.parse.urlsplit(self.url)
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        return parts.hostname or "127.0.0.1", parts.port or 80, path
+
+
+# -- the client side -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class WorkerTally:
+    """What one client process saw, sent to the coordinator at the end."""
+
+    index: int
+    clients: int = 0
+    connected: int = 0
+    failed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    connect_seconds: float = 0.0
+    delivered: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    out_of_order: int = 0
+    closed_early: int = 0
+    clients_with_loss: int = 0
+    min_delivered: int = 0
+    first_recv_ns: int = 0
+    last_recv_ns: int = 0
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+
+class SseClient(asyncio.Protocol):
+    """One SSE stream: checks the head, waits for readiness, then tallies events."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.streaming = False
+        self.seen = bytearray(worker.count)
+        self.unique = 0
+        self.duplicated = 0
+        self.out_of_order = 0
+        self.last_seq = -1
+        self.closed = False
+        self.ready = worker.loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a stream transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"closed before ready: {exc}"))
+
+    def data_received(self, data: bytes) -> None:
+        if not self.streaming:
+            self.preamble(data)
+            return
+        self.parse(data)
+
+    def preamble(self, data: bytes) -> None:
+        """Head and readiness; whatever follows them is parsed as stream data."""
+        self.buf += data
+        end = self.buf.find(HEAD_END)
+        if end < 0:
+            return
+        status = self.buf[: self.buf.find(b"\r\n")]
+        if b" 200" not in status:
+            self.fail(status.decode("latin-1", "replace"))
+            return
+        body = self.buf[end + len(HEAD_END) :]
+        if self.worker.ready_mode == "comment":
+            mark = body.find(READY_COMMENT)
+            if mark < 0:
+                return
+            body = body[mark + len(READY_COMMENT) :]
+        self.buf = b""
+        self.streaming = True
+        self.ready.set_result(None)
+        if body:
+            self.parse(body)
+
+    def fail(self, reason: str) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(reason))
+        if self.transport is not None:
+            self.transport.abort()
+
+    def parse(self, data: bytes) -> None:
+        """The hot path: every complete ``data: <seq>:<ns>`` line in what has arrived."""
+        buf = self.buf + data if self.buf else data
+        end = buf.rfind(b"\n") + 1
+        self.buf = buf[end:]
+        if not end:
+            return
+        now = time.time_ns()
+        worker = self.worker
+        latencies = worker.latencies_us
+        seen = self.seen
+        events = DATA_LINE.findall(buf, 0, end)
+        if not events:
+            return
+        for seq_text, ns_text in events:
+            seq = int(seq_text)
+            latencies.append((now - int(ns_text)) // 1000)
+            if seq >= len(seen) or seen[seq]:
+                self.duplicated += 1
+                continue
+            seen[seq] = 1
+            self.unique += 1
+            if seq < self.last_seq:
+                self.out_of_order += 1
+            else:
+                self.last_seq = seq
+            if self.unique == len(seen):
+                worker.client_complete()
+        if worker.first_recv_ns == 0:
+            worker.first_recv_ns = now
+        worker.last_recv_ns = now
+
+
+class Worker:
+    """One client process: ``clients`` streams on one event loop."""
+
+    def __init__(self, cfg: Config, index: int, clients: int, pipe: Connection) -> None:
+        self.cfg = cfg
+        self.index = index
+        self.n = clients
+        self.pipe = pipe
+        self.loop = asyncio.get_running_loop()
+        self.count = cfg.count
+        self.ready_mode = "headers" if cfg.ready == "pg" else cfg.ready
+        self.latencies_us: array.array[int] = array.array("q")
+        self.first_recv_ns = 0
+        self.last_recv_ns = 0
+        self.clients: list[SseClient] = []
+        self.complete = 0
+        self.all_complete = asyncio.Event()
+        self.tally = WorkerTally(index=index, clients=clients)
+
+    def client_complete(self) -> None:
+        self.complete += 1
+        if self.complete >= self.tally.connected:
+            self.all_complete.set()
+
+    async def recv(self) -> Any:
+        """The coordinator's next message, without blocking the loop."""
+        fd = self.pipe.fileno()
+        readable = self.loop.create_future()
+        self.loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+        try:
+            await readable
+        finally:
+            self.loop.remove_reader(fd)
+            os.set_blocking(fd, True)  # the loop made it non-blocking; big sends need blocking
+        return self.pipe.recv()
+
+    async def connect_one(self, i: int, gate: asyncio.Semaphore) -> SseClient | None:
+        host, port, path = self.cfg.target
+        client = SseClient(self)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            async with gate:
+                if self.cfg.source_addrs > 1:
+                    n = (self.index * self.n + i) % self.cfg.source_addrs
+                    sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                    sock.bind((f"127.0.0.{1 + n}", 0))
+                await self.loop.sock_connect(sock, (host, port))
+                transport, _ = await self.loop.create_connection(lambda: client, sock=sock)
+            request = (
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+            )
+            transport.write(request.encode())
+            await client.ready
+        except (OSError, ConnectionError) as exc:
+            sock.close()
+            key = type(exc).__name__ + ": " + str(exc)[:80]
+            self.tally.errors[key] = self.tally.errors.get(key, 0) + 1
+            return None
+        return client
+
+    async def connect_all(self) -> None:
+        started = time.monotonic()
+        gate = asyncio.Semaphore(256)
+        tasks = [asyncio.ensure_future(self.connect_one(i, gate)) for i in range(self.n)]
+        done, pending = await asyncio.wait(tasks, timeout=self.cfg.connect_timeout)
+        for task in pending:
+            task.cancel()
+        self.clients = [c for t in done if (c := t.result()) is not None]
+        self.tally.connected = len(self.clients)
+        self.tally.failed = self.n - len(self.clients)
+        if pending:
+            self.tally.errors["not ready within connect timeout"] = len(pending)
+        self.tally.connect_seconds = time.monotonic() - started
+
+    async def run(self) -> None:
+        await self.connect_all()
+        self.pipe.send(("ready", asdict(self.tally)))
+        message = await self.recv()
+        if message[0] != "go":
+            return
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        if self.tally.connected == 0 or self.count == 0:
+            self.all_complete.set()
+        message = await self.recv()  # ("published", drain_timeout)
+        if message[0] == "published":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.all_complete.wait(), timeout=message[1])
+        self.tally.cpu_seconds = time.process_time() - cpu0
+        self.tally.wall_seconds = time.monotonic() - wall0
+        self.summarise()
+        self.pipe.send(("result", asdict(self.tally), self.latencies_us.tobytes()))
+        await self.recv()  # ("close",): the coordinator has read the server's state
+        for client in self.clients:
+            if client.transport is not None:
+                client.transport.abort()
+
+    def summarise(self) -> None:
+        t = self.tally
+        t.delivered = sum(c.unique for c in self.clients)
+        t.duplicated = sum(c.duplicated for c in self.clients)
+        t.out_of_order = sum(c.out_of_order for c in self.clients)
+        t.lost = self.count * t.connected - t.delivered
+        t.closed_early = sum(c.closed for c in self.clients)
+        t.clients_with_loss = sum(c.unique < self.count for c in self.clients)
+        t.min_delivered = min((c.unique for c in self.clients), default=0)
+        t.first_recv_ns, t.last_recv_ns = self.first_recv_ns, self.last_recv_ns
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def worker_main(cfg: Config, index: int, clients: int, pipe: Connection) -> None:
+    """Entry point of a client process."""
+    raise_nofile()
+    # A lost coordinator must not leave this process behind.
+    watchdog = threading.Timer(cfg.deadline + 10, os._exit, (4,))
+    watchdog.daemon = True
+    watchdog.start()
+
+    async def main() -> None:
+        await Worker(cfg, index, clients, pipe).run()
+
+    with (
+        asyncio.Runner(loop_factory=loop_factory()) as runner,
+        contextlib.suppress(EOFError, BrokenPipeError),
+    ):
+        runner.run(main())
+    os._exit(0)
+
+
+def loop_factory() -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+# -- the server side: RSS, CPU and PostgreSQL connections ----------------------------
+
+
+def server_processes(pid: int) -> list[Any]:
+    import psutil
+
+    proc = psutil.Process(pid)
+    return [proc, *proc.children(recursive=True)]
+
+
+class DirectListener:
+    """A plain LISTEN connection on the same channel, in a thread: PostgreSQL's own latency.
+
+    NOTIFY-to-listener latency without any relay in the way. When the machine or the
+    database is busy, this shows how much of the clients' latency PostgreSQL adds.
+    """
+
+    def __init__(self, dsn: str, channel: str) -> None:
+        self.dsn = dsn
+        self.channel = channel
+        self.latencies_us: array.array[int] = array.array("q")
+        self.listening = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread.start()
+        self.listening.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.dsn, autocommit=True, application_name="sserelay-bench") as db:
+            db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+            self.listening.set()
+            while not self._stop.is_set():
+                for n in db.notifies(timeout=0.2):
+                    now = time.time_ns()
+                    if match := PAYLOAD.search(n.payload):
+                        self.latencies_us.append((now - int(match[2])) // 1000)
+
+
+class ServerProbe:
+    """Samples the server's RSS (all its processes) in a thread; peak kept."""
+
+    def __init__(self, pid: int | None, interval: float = 0.1) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        if self.pid is not None:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2)
+
+    def rss(self) -> int:
+        if self.pid is None:
+            return 0
+        total = 0
+        with contextlib.suppress(Exception):
+            for proc in server_processes(self.pid):
+                total += proc.memory_info().rss
+        return total
+
+    def cpu_seconds(self) -> float:
+        if self.pid is None:
+            return 0.0
+        total = 0.0
+        with contextlib.suppress(Exception):
+            for proc in server_processes(self.pid):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak_rss = max(self.peak_rss, self.rss())
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent on anything but idling, since boot."""
+    import psutil
+
+    t = psutil.cpu_times()
+    # guest time is already inside user time; idle and iowait are not work.
+    busy = t.user + t.nice + t.system
+    return float(busy + sum(getattr(t, f, 0.0) for f in ("irq", "softirq", "steal")))
+
+
+def pg_connections(db: Any, pid: int | None, pg_port: int) -> dict[str, Any]:
+    """The server's connections to PostgreSQL, found by their client ports."""
+    if pid is None:
+        return {}
+    ports: list[int] = []
+    with contextlib.suppress(Exception):
+        for proc in server_processes(pid):
+            for conn in proc.net_connections(kind="tcp"):
+                if conn.raddr and conn.raddr.port == pg_port:
+                    ports.append(conn.laddr.port)
+    rows = db.execute(
+        "SELECT coalesce(application_name, ''), count(*) FROM pg_stat_activity"
+        " WHERE client_port = ANY(%s) GROUP BY 1",
+        (ports,),
+    ).fetchall()
+    by_name = {name or "(none)": n for name, n in rows}
+    return {"total": sum(by_name.values()), "by_application_name": by_name}
+
+
+# -- the coordinator -----------------------------------------------------------------
+
+
+class Coordinator:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.ctx = mp.get_context("fork")
+        self.workers: list[tuple[Any, Connection]] = []
+        self.notes: list[str] = []
+
+    def spawn(self) -> None:
+        per = [self.cfg.clients // self.cfg.procs] * self.cfg.procs
+        for i in range(self.cfg.clients % self.cfg.procs):
+            per[i] += 1
+        for index, n in enumerate(per):
+            ours, theirs = self.ctx.Pipe()
+            proc = self.ctx.Process(
+                target=worker_main, args=(self.cfg, index, n, theirs), daemon=True
+            )
+            proc.start()
+            theirs.close()
+            self.workers.append((proc, ours))
+
+    def gather(self, kind: str, timeout: float) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        out = []
+        for proc, pipe in self.workers:
+            left = max(0.0, deadline - time.monotonic())
+            if not pipe.poll(left):
+                raise TimeoutError(f"client process {proc.pid} sent no {kind!r} in time")
+            message = pipe.recv()
+            if message[0] != kind:
+                raise RuntimeError(f"expected {kind!r} from a client process, got {message[0]!r}")
+            out.append(message[1:])
+        return out
+
+    def broadcast(self, *message: Any) -> None:
+        for _, pipe in self.workers:
+            with contextlib.suppress(OSError):
+                pipe.send(message)
+
+    def stop_workers(self) -> None:
+        self.broadcast("close")
+        for proc, _ in self.workers:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1)
+
+    def wait_listening(self, db: Any, expected: int, timeout: float) -> int:
+        """``--ready pg``: wait until ``expected`` backends ran ``LISTEN <channel>``."""
+        deadline = time.monotonic() + timeout
+        n = 0
+        while time.monotonic() < deadline:
+            n = db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = %s",
+                (f"LISTEN {self.cfg.channel}",),
+            ).fetchone()[0]
+            if n >= expected:
+                break
+            time.sleep(0.1)
+        return int(n)
+
+    def publish(self, db: Any) -> tuple[int, int, int]:
+        """Publish ``count`` events; returns (published, first_ns, last_ns)."""
+        cfg = self.cfg
+        channel = cfg.channel
+        start = time.monotonic()
+        stop_at = start + cfg.duration + 30 if cfg.rate else start + cfg.deadline
+        first_ns = last_ns = 0
+        published = 0
+        for seq in range(cfg.count):
+            if cfg.rate:
+                delay = start + seq / cfg.rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            if time.monotonic() > stop_at:
+                self.notes.append(f"publisher stopped early after {published} events")
+                break
+            last_ns = time.time_ns()
+            payload = f'{{"data":"{seq}:{last_ns}"}}'
+            db.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+            first_ns = first_ns or last_ns
+            published += 1
+        return published, first_ns, last_ns
+
+    def run(self) -> dict[str, Any]:
+        import psycopg
+
+        cfg = self.cfg
+        probe = ServerProbe(cfg.server_pid)
+        pg_port = urllib.parse.urlsplit(cfg.dsn).port or 5432
+        self.spawn()
+        try:
+            readies = [r[0] for r in self.gather("ready", cfg.connect_timeout + 30)]
+            connected = sum(r["connected"] for r in readies)
+            probe.start()
+            with psycopg.connect(cfg.dsn, autocommit=True, application_name="sserelay-bench") as db:
+                listening = None
+                if cfg.ready == "pg":
+                    listening = self.wait_listening(db, connected, cfg.connect_timeout)
+                time.sleep(cfg.settle)
+                pg = pg_connections(db, cfg.server_pid, pg_port)
+                rss_subscribed = probe.rss()
+                direct = DirectListener(cfg.dsn, cfg.channel)
+                direct.start()
+                self.broadcast("go")
+                if cfg.hold:
+                    time.sleep(cfg.hold)
+                cpu0, wall0 = probe.cpu_seconds(), time.monotonic()
+                machine0 = machine_busy_seconds()
+                published, first_ns, last_ns = self.publish(db)
+                self.broadcast("published", cfg.drain_timeout)
+                results = self.gather("result", cfg.drain_timeout + 60)
+                server_cpu = probe.cpu_seconds() - cpu0
+                server_wall = time.monotonic() - wall0
+                machine_busy = machine_busy_seconds() - machine0
+                rss_end = probe.rss()
+                direct.stop()
+                self.stop_workers()
+        finally:
+            probe.stop()
+            for proc, _ in self.workers:
+                if proc.is_alive():
+                    proc.kill()
+        tallies = [r[0] for r in results]
+        latencies = array.array("q")
+        for r in results:
+            latencies.frombytes(r[1])
+        return self.report(
+            readies=readies,
+            tallies=tallies,
+            latencies=latencies,
+            published=published,
+            first_ns=first_ns,
+            last_ns=last_ns,
+            pg=pg,
+            direct=direct.latencies_us,
+            listening=listening,
+            rss_subscribed=rss_subscribed,
+            rss_end=rss_end,
+            peak_rss=max(probe.peak_rss, rss_subscribed, rss_end),
+            server_cpu=server_cpu,
+            server_wall=server_wall,
+            machine_busy=machine_busy,
+        )
+
+    def report(self, **r: Any) -> dict[str, Any]:
+        cfg = self.cfg
+        tallies = r["tallies"]
+        delivered = sum(t["delivered"] for t in tallies)
+        connected = sum(t["connected"] for t in r["readies"])
+        last_recv = max((t["last_recv_ns"] for t in tallies), default=0)
+        window = (last_recv - r["first_ns"]) / 1e9 if last_recv and r["first_ns"] else 0.0
+        errors: dict[str, int] = {}
+        for t in r["readies"]:
+            for k, v in t["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+        cpu_share = max(
+            (t["cpu_seconds"] / t["wall_seconds"] for t in tallies if t["wall_seconds"]),
+            default=0.0,
+        )
+        wall = r["server_wall"] or 1.0
+        server_share = r["server_cpu"] / wall
+        clients_cpu = sum(t["cpu_seconds"] for t in tallies)
+        # Everything else that ran meanwhile: PostgreSQL, the publisher, other users' work.
+        other_cores = max(0.0, (r["machine_busy"] - r["server_cpu"] - clients_cpu) / wall)
+        saturated = cpu_share > SATURATED_CPU_SHARE
+        if saturated:
+            self.notes.append(
+                f"client side saturated: a client process used {cpu_share:.0%} of a core"
+                f" while the server used {server_share:.0%}"
+            )
+        result = {
+            "label": cfg.label,
+            "url": cfg.url,
+            "clients": cfg.clients,
+            "connected": connected,
+            "connect_errors": errors,
+            "connect_seconds": max((t["connect_seconds"] for t in r["readies"]), default=0),
+            "procs": cfg.procs,
+            "mode": f"rate {cfg.rate:g}/s" if cfg.rate else "unthrottled",
+            "published": r["published"],
+            "publish_seconds": (r["last_ns"] - r["first_ns"]) / 1e9,
+            "expected": r["published"] * connected,
+            "delivered": delivered,
+            "lost": sum(t["lost"] for t in tallies) - (cfg.count - r["published"]) * connected,
+            "duplicated": sum(t["duplicated"] for t in tallies),
+            "out_of_order": sum(t["out_of_order"] for t in tallies),
+            "closed_early": sum(t["closed_early"] for t in tallies),
+            "clients_with_loss": sum(t["clients_with_loss"] for t in tallies),
+            "min_delivered_per_client": min((t["min_delivered"] for t in tallies), default=0),
+            "window_seconds": round(window, 3),
+            "deliveries_per_s": round(delivered / window) if window > 0 else 0,
+            "latency_ms": percentiles(r["latencies"]),
+            "pg_direct_latency_ms": percentiles(r["direct"]),
+            "server_pid": cfg.server_pid,
+            "server_rss_mb": {
+                "subscribed": mb(r["rss_subscribed"]),
+                "peak": mb(r["peak_rss"]),
+                "end": mb(r["rss_end"]),
+            },
+            "server_cpu_seconds": round(r["server_cpu"], 3),
+            "server_cpu_us_per_delivery": (
+                round(r["server_cpu"] * 1e6 / delivered, 2) if delivered else None
+            ),
+            "server_cpu_share": round(server_share, 3),
+            "machine_busy_cores": round(r["machine_busy"] / wall, 2),
+            "other_cpu_cores": round(other_cores, 2),
+            "client_cpu_share_max": round(cpu_share, 3),
+            "client_saturated": saturated,
+            "pg_connections": r["pg"],
+            "pg_listen_backends": r["listening"],
+            "notes": self.notes,
+        }
+        return result
+
+
+def mb(n: int) -> float:
+    return round(n / 2**20, 1)
+
+
+def percentiles(latencies_us: array.array[int]) -> dict[str, float | None]:
+    if not latencies_us:
+        return {"p50": None, "p90": None, "p99": None, "max": None, "n": 0}
+    ordered = sorted(latencies_us)
+    n = len(ordered)
+
+    def at(q: float) -> float:
+        return round(ordered[min(n - 1, int(q * n))] / 1000, 2)
+
+    return {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": at(1.0), "n": n}
+
+
+def table(result: dict[str, Any]) -> str:
+    lat = result["latency_ms"]
+    rss = result["server_rss_mb"]
+    pg = result["pg_connections"] or {}
+    rows = [
+        ("run", result["label"] or result["url"]),
+        ("clients connected", f"{result['connected']} / {result['clients']}"),
+        ("connect time", f"{result['connect_seconds']:.1f} s"),
+        ("mode", result["mode"]),
+        ("published", f"{result['published']} in {result['publish_seconds']:.2f} s"),
+        (
+            "delivered",
+            f"{result['delivered']} of {result['expected']}  lost {result['lost']}  "
+            f"dup {result['duplicated']}  out-of-order {result['out_of_order']}",
+        ),
+        ("clients with loss", f"{result['clients_with_loss']} (closed {result['closed_early']})"),
+        ("deliveries/s", f"{result['deliveries_per_s']:,} over {result['window_seconds']} s"),
+        (
+            "latency ms",
+            f"p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}",
+        ),
+        (
+            "PostgreSQL alone",
+            "p50 {p50}  p90 {p90}  p99 {p99}  max {max}  (a direct LISTEN, no relay)".format(
+                **result["pg_direct_latency_ms"]
+            ),
+        ),
+        ("server RSS MB", f"subscribed {rss['subscribed']}  peak {rss['peak']}  end {rss['end']}"),
+        (
+            "server CPU",
+            f"{result['server_cpu_seconds']} s = {result['server_cpu_share']:.0%} of a core"
+            f"  ({result['server_cpu_us_per_delivery']} us/delivery)",
+        ),
+        (
+            "client CPU",
+            f"max {result['client_cpu_share_max']:.0%} of a core"
+            + ("  SATURATED" if result["client_saturated"] else ""),
+        ),
+        ("server PG connections", f"{pg.get('total')}  {pg.get('by_application_name')}"),
+    ]
+    if result["pg_listen_backends"] is not None:
+        rows.append(("LISTEN backends", str(result["pg_listen_backends"])))
+    if result["connect_errors"]:
+        rows.append(("connect errors", json.dumps(result["connect_errors"])))
+    rows.append(
+        (
+            "machine",
+            f"{result['machine_busy_cores']} of {os.cpu_count()} cores busy;"
+            f" {result['other_cpu_cores']} on other work (PostgreSQL, publisher, other users)",
+        )
+    )
+    rows += [("note", note) for note in result["notes"]]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Config, str | None]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--url", required=True, help="stream URL, e.g. http://127.0.0.1:8001/events/bench"
+    )
+    p.add_argument("--clients", type=int, required=True)
+    p.add_argument("--channel", help="channel to pg_notify (default: last path segment)")
+    p.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/test")
+    p.add_argument("--rate", type=float, help="events/s (default: unthrottled)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds at --rate")
+    p.add_argument("--count", type=int, help="events to publish when unthrottled (default 1000)")
+    p.add_argument("--procs", type=int, default=2, help="client processes")
+    p.add_argument(
+        "--ready",
+        choices=("comment", "headers", "pg"),
+        default="comment",
+        help="comment: wait for ': ready'; headers: response head only; "
+        "pg: head, then N backends in pg_stat_activity ran LISTEN <channel>",
+    )
+    p.add_argument("--settle", type=float, default=0.5, help="seconds to wait once all are ready")
+    p.add_argument("--source-addrs", type=int, default=1, help="spread over 127.0.0.1..N")
+    p.add_argument("--server-pid", type=int, help="pid of the server, for RSS/CPU/PG counts")
+    p.add_argument("--connect-timeout", type=float, default=120.0)
+    p.add_argument("--drain-timeout", type=float, default=30.0)
+    p.add_argument("--hold", type=float, default=0.0, help="seconds to hold before publishing")
+    p.add_argument("--deadline", type=float, help="hard bound on the whole run (seconds)")
+    p.add_argument("--label", default="")
+    p.add_argument("--json-out", help="append the JSON result line to this file")
+    args = p.parse_args(argv)
+    if args.rate:
+        count = round(args.rate * args.duration)
+    else:
+        count = args.count if args.count is not None else 1000
+    channel = args.channel or urllib.parse.urlsplit(args.url).path.rstrip("/").rsplit("/", 1)[-1]
+    deadline = args.deadline or (
+        args.connect_timeout
+        + args.hold
+        + (args.duration if args.rate else 60)
+        + args.drain_timeout
+        + 120
+    )
+    cfg = Config(
+        url=args.url,
+        clients=args.clients,
+        channel=channel,
+        dsn=args.dsn,
+        rate=args.rate,
+        duration=args.duration,
+        count=count,
+        procs=max(1, min(args.procs, args.clients)),
+        ready=args.ready,
+        settle=args.settle,
+        source_addrs=args.source_addrs,
+        server_pid=args.server_pid,
+        connect_timeout=args.connect_timeout,
+        drain_timeout=args.drain_timeout,
+        hold=args.hold,
+        deadline=deadline,
+        label=args.label,
+    )
+    return cfg, args.json_out
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, json_out = parse_args(argv)
+    raise_nofile()
+    # The whole run is bounded: past the deadline, kill our client processes and leave.
+    coordinator = Coordinator(cfg)
+
+    def expire() -> None:
+        print(f"loadgen: deadline of {cfg.deadline:.0f} s passed; aborting", file=sys.stderr)
+        for proc, _ in coordinator.workers:
+            with contextlib.suppress(Exception):
+                proc.kill()
+        os._exit(3)
+
+    watchdog = threading.Timer(cfg.deadline, expire)
+    watchdog.daemon = True
+    try:
+        result = None
+        watchdog.start()
+        result = coordinator.run()
+    finally:
+        watchdog.cancel()
+    print(table(result), flush=True)
+    line = json.dumps(result, sort_keys=True)
+    print(line, flush=True)
+    if json_out:
+        with open(json_out, "a") as f:
+            f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,554 @@
+"""Run the benchmark scenarios in one go and write the results to bench/results/.
+
+Every server is a subprocess in its own session, started on a free port and
+stopped (SIGTERM, then SIGKILL) when its scenario ends, fails or times out.
+Every load run is ``bench/loadgen.py`` with a hard timeout.
+
+Scenarios (see docs/benchmarks.md for what each number means):
+
+  a  10,000 streams held by one sserelay process: peak RSS (<= 150 MB) and
+     its PostgreSQL connections (exactly one LISTEN connection; all listed).
+  b  5,000 streams on one channel, 10 events/s for 20 s: 0 lost, p99 <= 100 ms
+     (the baseline server runs the same load for reference).
+  c  unthrottled fan-out to 2,000 streams: sserelay's deliveries/s against the
+     baseline's (bench/baseline.py), alternating, same run (>= 80% of baseline).
+  d  90 streams, sserelay against sse-relay-server 1.0.14 (one PostgreSQL
+     connection per stream, so 90 is what max_connections=100 allows):
+     deliveries/s and p99, unthrottled and at a fixed rate.
+
+    .venv/bin/python bench/run.py                  # all scenarios
+    .venv/bin/python bench/run.py --only c --repeats 5
+    .venv/bin/python bench/run.py --only b --profile   # py-spy the relay
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PYTHON = ROOT / ".venv" / "bin" / "python"
+SSERELAY = ROOT / ".venv" / "bin" / "sserelay"
+SSR_VENV = BENCH / ".venv-ssr"
+SSR_SPEC = "sse-relay-server[postgres]==1.0.14"
+TOOLS_VENV = BENCH / ".venv-tools"
+DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@dataclass
+class Run:
+    """One load run's outcome, as the summary shows it."""
+
+    scenario: str
+    server: str
+    result: dict[str, Any] | None
+    command: str
+    error: str | None = None
+
+
+@dataclass
+class Session:
+    out: Path
+    dsn: str
+    profile: bool
+    #: Seconds to wait, before each load run, for other work on the machine to calm down.
+    quiet_wait: float = 0.0
+    runs: list[Run] = field(default_factory=list)
+    checks: list[tuple[str, str, bool | None]] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+
+    def check(self, name: str, measured: str, ok: bool | None) -> None:
+        """Record a target: ok None means informational (no target)."""
+        self.checks.append((name, measured, ok))
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+        self.log.append(text)
+
+
+# -- processes -----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening")
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.settimeout(0.5)
+            s.connect(("127.0.0.1", port))
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"server did not listen on {port} within {timeout} s")
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> bool:
+    """End a process we started and its session; True if it ended on SIGTERM alone."""
+    clean = True
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            clean = False
+    # The session may hold children (loadgen's client processes): end them too.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+    return clean
+
+
+def server_command(kind: str, port: int, dsn: str) -> tuple[list[str], dict[str, str], Path]:
+    env = dict(os.environ)
+    if kind == "sserelay":
+        cmd = [str(SSERELAY), "serve", "--port", str(port), "--dsn", dsn]
+        env["LOG_LEVEL"] = "WARNING"
+        return cmd, env, ROOT
+    if kind == "baseline":
+        cmd = [str(PYTHON), str(BENCH / "baseline.py"), "--port", str(port), "--dsn", dsn]
+        return cmd, env, ROOT
+    if kind == "ssr":
+        cmd = [str(SSR_VENV / "bin" / "sse-relay-server"), "--host", "127.0.0.1"]
+        cmd += ["--port", str(port)]
+        # It reads ./.env: run it where there is none. Without RELAY_USE_PG it picks Redis.
+        env.update(DATABASE_URL=dsn, RELAY_USE_PG="True", LOG_LEVEL="WARNING")
+        env.pop("REDIS_URL", None)
+        return cmd, env, BENCH / "results"
+    raise ValueError(kind)
+
+
+@contextlib.contextmanager
+def server(session: Session, kind: str, name: str) -> Iterator[tuple[int, int]]:
+    """Start ``kind`` on a free port; yield (port, pid); always stop it."""
+    port = free_port()
+    cmd, env, cwd = server_command(kind, port, session.dsn)
+    logfile = (session.out / f"{name}.server.log").open("wb")
+    session.say(f"$ {shlex.join(cmd)}")
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    profiler = None
+    profile = session.out / f"{name}.pyspy.txt"
+    try:
+        wait_port(port, proc, 20)
+        time.sleep(0.5)  # the listener connects right after the socket is bound
+        if session.profile and kind != "ssr":
+            profiler = start_profiler(session, proc.pid, profile)
+        yield port, proc.pid
+    finally:
+        if profiler is not None:
+            stop_profiler(session, profiler, profile)
+        if not stop(proc):
+            session.say(f"!! {name}: the server did not exit within 10 s of SIGTERM; killed")
+        logfile.close()
+
+
+def start_profiler(session: Session, pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    pyspy = TOOLS_VENV / "bin" / "py-spy"
+    cmd = [str(pyspy), "record", "--pid", str(pid), "--format", "raw", "-o", str(out)]
+    cmd += ["--rate", "200", "--nonblocking", "--duration", "300"]
+    session.say(f"$ {shlex.join(cmd)}")
+    return subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+
+def stop_profiler(session: Session, proc: subprocess.Popen[bytes], out: Path) -> None:
+    # py-spy writes its output on SIGINT.
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+    if out.exists():
+        top = profile_top(out)
+        out.with_suffix(".top.txt").write_text(top)
+        session.say(top)
+
+
+def profile_top(raw: Path, n: int = 12) -> str:
+    """Where the time went, from py-spy's collapsed stacks: self and inclusive shares."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        samples = int(count)
+        total += samples
+        frames = stack.split(";")
+        own[frames[-1]] += samples
+        for frame in set(frames):
+            inclusive[frame] += samples
+    lines = [f"py-spy {raw.name}: {total} samples", "self:"]
+    lines += [f"  {k / total:6.1%}  {name}" for name, k in own.most_common(n)]
+    lines += ["inclusive:"]
+    lines += [f"  {k / total:6.1%}  {name}" for name, k in inclusive.most_common(n)]
+    return "\n".join(lines) + "\n"
+
+
+def loadgen(session: Session, scenario: str, kind: str, name: str, args: list[str]) -> Run:
+    """Run one load against a fresh ``kind`` server; never raises."""
+    if session.quiet_wait:
+        wait_quiet(session, session.quiet_wait)
+    try:
+        with server(session, kind, name) as (port, pid):
+            path = "/bench_ssr" if kind == "ssr" else f"/events/bench_{scenario}"
+            template = [str(PYTHON), str(BENCH / "loadgen.py")]
+            template += ["--url", f"http://127.0.0.1:$PORT{path}", "--server-pid", "$PID"]
+            template += ["--dsn", session.dsn, "--label", name, *args]
+            template += ["--json-out", str(session.out / "results.jsonl")]
+            if kind == "ssr":
+                template += ["--ready", "pg"]
+            shown = shlex.join(template)
+            cmd = [a.replace("$PORT", str(port)).replace("$PID", str(pid)) for a in template]
+            session.say(f"$ {shown}")
+            timeout = deadline_of(args)
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+            )
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return Run(scenario, kind, None, shown, f"loadgen exceeded {timeout:.0f} s")
+            finally:
+                stop(proc, grace=2)  # on a timeout, and any client process left behind
+            text = stdout.decode()
+            (session.out / f"{name}.loadgen.txt").write_text(text + stderr.decode())
+            lines = [line for line in text.splitlines() if line.startswith("{")]
+            if proc.returncode != 0 or not lines:
+                err = stderr.decode().strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+                return Run(scenario, kind, None, shown, err[0])
+            session.say("\n".join(line for line in text.splitlines() if not line.startswith("{")))
+            return Run(scenario, kind, json.loads(lines[-1]), shown)
+    except Exception as exc:  # a failed scenario must not stop the others
+        return Run(scenario, kind, None, name, f"{type(exc).__name__}: {exc}")
+
+
+def wait_quiet(session: Session, budget: float, busy_below: float = 0.3) -> None:
+    """Wait (at most ``budget`` s) until under ``busy_below`` of the machine's CPU is in use.
+
+    The machine is shared: another user's test run can take a core for minutes. This
+    only waits; each result still records how busy the machine was while it ran.
+    """
+    import psutil
+
+    deadline = time.monotonic() + budget
+    busy = psutil.cpu_percent(interval=2) / 100
+    while busy >= busy_below and time.monotonic() < deadline:
+        busy = psutil.cpu_percent(interval=2) / 100
+    if busy >= busy_below:
+        session.say(f"(machine still {busy:.0%} busy after waiting {budget:.0f} s; running anyway)")
+
+
+def deadline_of(args: list[str]) -> float:
+    """The hard bound passed to loadgen (``--deadline``), plus time to print its report."""
+    return float(args[args.index("--deadline") + 1]) + 30
+
+
+# -- the scenarios -------------------------------------------------------------------
+
+
+def scenario_a(session: Session) -> None:
+    """10,000 streams on one process: peak RSS and PostgreSQL connections."""
+    session.say("\n== a: 10,000 concurrent streams on one sserelay process")
+    args = ["--clients", "10000", "--procs", "2", "--source-addrs", "4"]
+    args += ["--hold", "5", "--rate", "2", "--duration", "5", "--deadline", "240"]
+    run = record(session, loadgen(session, "a", "sserelay", "a-sserelay-10k", args))
+    r = run.result
+    if r is None:
+        session.check("a: 10,000 streams held", run.error or "failed", False)
+        return
+    pg = r["pg_connections"]
+    listeners = pg["by_application_name"].get("sserelay-listener", 0)
+    held = r["connected"] == 10000 and r["lost"] == 0
+    session.check("a: 10,000 streams held", f"{r['connected']} connected, lost {r['lost']}", held)
+    rss = r["server_rss_mb"]["peak"]
+    session.check("a: peak RSS <= 150 MB", f"{rss} MB", rss <= 150)
+    # Only the listener LISTENs; other connections (the durable-log reader pool) are shown.
+    names = ", ".join(f"{n} {name}" for name, n in sorted(pg["by_application_name"].items()))
+    conns = f"{listeners} sserelay-listener; {pg['total']} in all ({names})"
+    session.check("a: exactly one LISTEN connection for 10,000 streams", conns, listeners == 1)
+
+
+def scenario_b(session: Session) -> None:
+    """5,000 streams, 10 events/s for 20 s: loss and latency."""
+    session.say("\n== b: 5,000 streams, one channel, 10 events/s for 20 s")
+    args = ["--clients", "5000", "--procs", "2", "--rate", "10", "--duration", "20"]
+    args += ["--drain-timeout", "15", "--deadline", "240"]
+    run = record(session, loadgen(session, "b", "sserelay", "b-sserelay-5k", args))
+    record(session, loadgen(session, "b", "baseline", "b-baseline-5k", args))
+    r = run.result
+    if r is None:
+        session.check("b: 0 lost at 5,000 x 10/s", run.error or "failed", False)
+        return
+    counts = f"{r['delivered']} of {r['expected']}, lost {r['lost']}, dup {r['duplicated']}"
+    exact = r["lost"] == 0 and r["duplicated"] == 0 and r["connected"] == 5000
+    session.check("b: 0 lost at 5,000 x 10/s", counts, exact)
+    p99 = r["latency_ms"]["p99"]
+    session.check("b: p99 <= 100 ms", f"{p99} ms", p99 is not None and p99 <= 100)
+
+
+def scenario_c(session: Session, repeats: int) -> None:
+    """Unthrottled fan-out, sserelay against the baseline, alternating."""
+    session.say(f"\n== c: unthrottled fan-out to 2,000 streams, {repeats} rounds each")
+    args = ["--clients", "2000", "--procs", "1", "--count", "600"]
+    args += ["--drain-timeout", "60", "--deadline", "240"]
+    rates: dict[str, list[float]] = {"sserelay": [], "baseline": []}
+    cpu: dict[str, list[float]] = {"sserelay": [], "baseline": []}
+    for i in range(repeats):
+        order = ("baseline", "sserelay") if i % 2 == 0 else ("sserelay", "baseline")
+        for kind in order:
+            run = record(session, loadgen(session, "c", kind, f"c-{kind}-2k-{i + 1}", args))
+            if run.result is not None:
+                rates[kind].append(run.result["deliveries_per_s"])
+                cpu[kind].append(run.result["server_cpu_us_per_delivery"])
+    if not rates["sserelay"] or not rates["baseline"]:
+        session.check("c: >= 80% of baseline deliveries/s", "runs failed", False)
+        return
+    ours, base = statistics.median(rates["sserelay"]), statistics.median(rates["baseline"])
+    ratio = ours / base
+    cpu_ratio = statistics.median(cpu["baseline"]) / statistics.median(cpu["sserelay"])
+    measured = f"{ours:,.0f} vs {base:,.0f} /s (medians of {repeats}) = {ratio:.0%}"
+    session.check("c: >= 80% of baseline deliveries/s", measured, ratio >= 0.8)
+    # Less sensitive to what else runs on the machine: CPU the server spent per delivery.
+    ours_cpu, base_cpu = statistics.median(cpu["sserelay"]), statistics.median(cpu["baseline"])
+    measured = (
+        f"{ours_cpu:.2f} vs {base_cpu:.2f} us/delivery (medians): sserelay does {cpu_ratio:.0%}"
+        " of the baseline's deliveries per CPU-second"
+    )
+    session.check("c: server CPU per delivery", measured, None)
+
+
+def pg_headroom(dsn: str) -> int:
+    """Connections PostgreSQL can still accept from a superuser."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as db:
+        row = db.execute(
+            "SELECT current_setting('max_connections')::int - count(*) FROM pg_stat_activity"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def ensure_venv(session: Session, venv: Path, tool: str, packages: list[str]) -> bool:
+    """Create ``venv`` with ``packages`` unless ``venv/bin/tool`` is already there."""
+    if (venv / "bin" / tool).exists():
+        return True
+    for cmd in (
+        [sys.executable, "-m", "venv", str(venv)],
+        [str(venv / "bin" / "pip"), "install", "-q", *packages],
+    ):
+        session.say(f"$ {shlex.join(cmd)}")
+        try:
+            subprocess.run(cmd, check=True, timeout=600)
+        except (subprocess.SubprocessError, OSError) as exc:
+            session.say(f"cannot install {' '.join(packages)}: {exc}")
+            return False
+    return True
+
+
+def scenario_d(session: Session) -> None:
+    """90 streams: sserelay against sse-relay-server 1.0.14."""
+    session.say("\n== d: sserelay vs sse-relay-server 1.0.14 at 90 streams")
+    # It imports redis even when told to use PostgreSQL, so redis goes in too.
+    if not ensure_venv(session, SSR_VENV, "sse-relay-server", [SSR_SPEC, "redis"]):
+        session.check("d: side by side with sse-relay-server", "not installed", None)
+        return
+    # sse-relay-server holds one connection per stream; loadgen publishes on one more and
+    # listens directly on another.
+    clients = min(90, pg_headroom(session.dsn) - 3)
+    if clients < 90:
+        session.say(f"only {clients} PostgreSQL connections free: running d at {clients} streams")
+    common = ["--clients", str(clients), "--procs", "1", "--deadline", "200"]
+    loads = {
+        "unthrottled": ["--count", "2000", "--drain-timeout", "60"],
+        "rate": ["--rate", "100", "--duration", "10", "--drain-timeout", "30"],
+    }
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for load, extra in loads.items():
+        for kind in ("sserelay", "ssr"):
+            name = f"d-{kind}-{clients}-{load}"
+            run = record(session, loadgen(session, "d", kind, name, [*common, *extra]))
+            if run.result is not None:
+                out[kind, load] = run.result
+    for load in loads:
+        ours, theirs = out.get(("sserelay", load)), out.get(("ssr", load))
+        if ours is None or theirs is None:
+            session.check(f"d ({load}): ratios", "a run failed", None)
+            continue
+        rate = ours["deliveries_per_s"] / max(theirs["deliveries_per_s"], 1)
+        p99 = ours["latency_ms"]["p99"] / max(theirs["latency_ms"]["p99"], 0.001)
+        measured = (
+            f"deliveries/s {ours['deliveries_per_s']:,} / {theirs['deliveries_per_s']:,}"
+            f" = {rate:.2f}x; p99 {ours['latency_ms']['p99']} / {theirs['latency_ms']['p99']} ms"
+            f" = {p99:.3f}; PG connections {ours['pg_connections']['total']}"
+            f" / {theirs['pg_connections']['total']}; published at"
+            f" {ours['published'] / max(ours['publish_seconds'], 1e-6):,.0f}"
+            f" / {theirs['published'] / max(theirs['publish_seconds'], 1e-6):,.0f} events/s"
+        )
+        session.check(f"d ({load}): sserelay/ssr", measured, None)
+
+
+# -- reporting -----------------------------------------------------------------------
+
+
+def record(session: Session, run: Run) -> Run:
+    session.runs.append(run)
+    if run.error:
+        session.say(f"!! {run.scenario}/{run.server}: {run.error}")
+    return run
+
+
+COLUMNS = (
+    "run",
+    "clients",
+    "load",
+    "delivered / expected",
+    "lost",
+    "dup",
+    "deliveries/s",
+    "p50 ms",
+    "p99 ms",
+    "max ms",
+    "PG alone p99 ms",
+    "peak RSS MB",
+    "server CPU",
+    "server us/delivery",
+    "PG conns",
+    "client CPU",
+    "other CPU",
+)
+
+
+def row(r: dict[str, Any]) -> list[str]:
+    lat = r["latency_ms"]
+    return [
+        r["label"],
+        str(r["connected"]),
+        r["mode"],
+        f"{r['delivered']:,} / {r['expected']:,}",
+        str(r["lost"]),
+        str(r["duplicated"]),
+        f"{r['deliveries_per_s']:,}",
+        str(lat["p50"]),
+        str(lat["p99"]),
+        str(lat["max"]),
+        str(r["pg_direct_latency_ms"]["p99"]),
+        str(r["server_rss_mb"]["peak"]),
+        f"{r['server_cpu_share']:.0%}",
+        str(r["server_cpu_us_per_delivery"]),
+        str(r["pg_connections"].get("total")),
+        f"{r['client_cpu_share_max']:.0%}" + (" SAT" if r["client_saturated"] else ""),
+        f"{r['other_cpu_cores']:.2f} cores",
+    ]
+
+
+def summary(session: Session, started: float, load: tuple[list[float], list[float]]) -> str:
+    cells = [list(COLUMNS), ["---"] * len(COLUMNS)]
+    for run in session.runs:
+        if run.result is None:
+            failed = [f"{run.scenario}/{run.server}", f"failed: {run.error}"]
+            cells.append(failed + [""] * (len(COLUMNS) - 2))
+        else:
+            cells.append(row(run.result))
+    lines = ["| " + " | ".join(c) + " |" for c in cells]
+    lines += ["", "| check | measured | met |", "|---|---|---|"]
+    for name, measured, ok in session.checks:
+        verdict = "-" if ok is None else ("yes" if ok else "**no**")
+        lines.append(f"| {name} | {measured} | {verdict} |")
+    lines += [
+        "",
+        f"load average (1/5/15 min) before: {fmt_load(load[0])}, after: {fmt_load(load[1])};"
+        f" {os.cpu_count()} cores; {time.time() - started:.0f} s in all",
+    ]
+    return "\n".join(lines)
+
+
+def source_state() -> str:
+    """The commit measured, and whether src/ had uncommitted changes (read-only git)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, timeout=10
+        ).stdout.decode()
+        dirty = subprocess.run(
+            ["git", "status", "--short", "--", "src"], cwd=ROOT, capture_output=True, timeout=10
+        ).stdout.decode()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    changed = len(dirty.splitlines())
+    return head.strip() + (f" + {changed} uncommitted file(s) in src/" if changed else "")
+
+
+def fmt_load(values: list[float]) -> str:
+    return "/".join(f"{v:.2f}" for v in values)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--only", default="abcd", help="scenarios to run, e.g. 'bc'")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds per server in c")
+    parser.add_argument("--dsn", default=os.environ.get("SSERELAY_BENCH_DSN", DSN))
+    parser.add_argument("--profile", action="store_true", help="py-spy each relay/baseline")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="before each load run, wait up to this many seconds for the machine's CPU to be"
+        " under 30%% busy (it is shared); 0 disables",
+    )
+    args = parser.parse_args()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = BENCH / "results" / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    session = Session(out=out, dsn=args.dsn, profile=args.profile, quiet_wait=args.quiet_wait)
+    if args.profile:
+        session.profile = ensure_venv(session, TOOLS_VENV, "py-spy", ["py-spy"])
+    started = time.time()
+    load_before = list(os.getloadavg())
+    session.say(f"results in {out}")
+    source = f"sserelay source: {source_state()}"
+    session.say(source)
+    for key in args.only:
+        if key == "a":
+            scenario_a(session)
+        elif key == "b":
+            scenario_b(session)
+        elif key == "c":
+            scenario_c(session, args.repeats)
+        elif key == "d":
+            scenario_d(session)
+    text = source + "\n\n" + summary(session, started, (load_before, list(os.getloadavg())))
+    session.say("\n" + text)
+    (out / "summary.md").write_text(text + "\n")
+    (out / "session.log").write_text("\n".join(session.log) + "\n")
+    return 0 if all(ok is not False for _, _, ok in session.checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
