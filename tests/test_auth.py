@@ -1038,14 +1038,6 @@ def test_token_command_bad_ttl(
     assert "is not a positive duration" in capsys.readouterr().err
 
 
-def test_serve_refuses_keys_until_it_checks_tokens(
-    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    clean_env.setenv("SSERELAY_JWT_SECRET", SECRET)
-    assert cli.main(["serve"]) == 2
-    assert "serve does not check tokens yet" in capsys.readouterr().err
-
-
 # -- settings ---------------------------------------------------------------------------------
 
 

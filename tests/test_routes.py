@@ -130,7 +130,7 @@ def test_target_must_be_an_absolute_path(target: str) -> None:
         ("/events", "chan=a", 400, "no channel given; use /events/{channel} or ?channel=NAME"),
         ("/events/", "", 400, "no channel given; use /events/{channel} or ?channel=NAME"),
         ("/events", "channel=", 400, "invalid channel '': channel name is empty"),
-        ("/publish", "", 404, "'publish' is an endpoint name; use /events/publish"),
+        ("/publish", "", 405, "method 'GET' not allowed; use POST"),
         ("/%65vents", "", 404, "'events' is an endpoint name; use /events/events"),
         ("/events/%ff", "", 400, "channel name is not valid UTF-8 after percent-decoding"),
         ("/%C3", "", 400, "channel name is not valid UTF-8 after percent-decoding"),

@@ -29,6 +29,8 @@ from .config import Settings, load_settings
 from .errors import SseRelayError
 from .events import Event
 from .hub import Hub, retry_hint
+from .publishing import Reply
+from .publishing import request_headers as publish_request_headers
 from .relay import Relay
 from .replay import catch_up_request
 from .responses import SSE_HEADERS, cors_headers, error_body, preflight_headers
@@ -46,7 +48,7 @@ Send = Callable[[Message], Awaitable[None]]
 #: Seconds a cancelled stream may spend sending its farewell ``retry:``.
 FAREWELL_TIMEOUT = 1.0
 
-_REQUEST_HEADERS = frozenset({"origin", "last-event-id"})
+_REQUEST_HEADERS = frozenset({"origin", "last-event-id", "authorization", "cookie"})
 
 
 class AsgiStream:
@@ -130,8 +132,10 @@ class AsgiStream:
         self._size = 0
         return data
 
-    async def pump(self, send: Send) -> None:
-        """Send what the hub writes until the hub ends the stream or the client leaves."""
+    async def batches(self) -> AsyncIterator[tuple[bytes, bool]]:
+        """(bytes, ending) as the hub writes them, until it ends the stream (the last
+        batch has ``ending`` true, maybe no bytes) or the client leaves. While the consumer
+        holds a batch the stream counts as sending (see the class docstring)."""
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -143,14 +147,17 @@ class AsgiStream:
             if data or ending:
                 self._sending = True
                 try:
-                    await send(
-                        {"type": "http.response.body", "body": data, "more_body": not ending}
-                    )
+                    yield data, ending
                 finally:
                     self._sending = False
             if ending:
                 self.finished = True
                 return
+
+    async def pump(self, send: Send) -> None:
+        """Send what the hub writes until the hub ends the stream or the client leaves."""
+        async for data, ending in self.batches():
+            await send({"type": "http.response.body", "body": data, "more_body": not ending})
 
 
 class RelayApp:
@@ -321,6 +328,10 @@ class RelayApp:
             error_headers += cors_headers(origin, settings.allowed_origins)
             await _respond(send, exc.status, error_body(exc.reason), error_headers)
             return
+        if isinstance(target, Endpoint) and target.name == "publish":
+            extra = cors_headers(origin, settings.allowed_origins)
+            await self._publish(relay, scope, query, extra, receive, send)
+            return
         if isinstance(target, Endpoint):
             status, ctype, body = relay.endpoint(target.name)
             await _respond(
@@ -328,30 +339,79 @@ class RelayApp:
             )
             return
         extra = cors_headers(origin, settings.allowed_origins)
-        await self._stream(relay, target, headers.get("last-event-id"), extra, receive, send)
+        await self._stream(relay, target, headers, _client(scope), extra, receive, send)
+
+    async def _publish(
+        self,
+        relay: Relay,
+        scope: Scope,
+        query: str,
+        extra_headers: list[tuple[str, str]],
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """``POST /publish``: refuse from the head if possible, else read the body (at most
+        the limit, within the head timeout) and let the publisher answer."""
+        publisher = relay.publisher
+        headers = publish_request_headers(scope.get("headers", ()))
+        reply: Reply | None = None
+        refused = publisher.precheck(headers)
+        if refused is None:
+            try:
+                async with asyncio.timeout(relay.settings.header_timeout):
+                    body = await _read_body(receive, publisher.limit)
+            except HttpError as exc:
+                refused = exc
+            except TimeoutError:
+                refused = HttpError(
+                    408, f"request not received within {relay.settings.header_timeout:g}s"
+                )
+            else:
+                if body is None:
+                    return  # the client left
+                reply = await publisher.handle(headers, query, body, _client(scope))
+        if refused is not None:
+            reply = Reply(
+                refused.status,
+                [("Content-Type", "application/json"), *refused.headers],
+                error_body(refused.reason),
+            )
+        assert reply is not None
+        if reply.status >= 400:
+            relay.count_rejected(reply.status)
+        await _respond(send, reply.status, reply.body, [*reply.headers, *extra_headers])
 
     async def _stream(
         self,
         relay: Relay,
         target: StreamRoute,
-        last_event_id: str | None,
+        request_headers: dict[str, str],
+        client: str | None,
         extra_headers: list[tuple[str, str]],
         receive: Receive,
         send: Send,
     ) -> None:
         settings = relay.settings
+        last_event_id = request_headers.get("last-event-id")
         try:
             catch_up = catch_up_request(target.channels, target.query, last_event_id)
         except ValueError as exc:
             relay.count_rejected(400)
             await _respond(send, 400, error_body(str(exc)), [("Content-Type", "application/json")])
             return
+        try:
+            lease = relay.access.admit(target.channels, request_headers, target.query, client)
+        except HttpError as exc:
+            relay.count_rejected(exc.status)
+            error_headers = [("Content-Type", "application/json"), *exc.headers, *extra_headers]
+            await _respond(send, exc.status, error_body(exc.reason), error_headers)
+            return
         stream = AsgiStream(
             target.channels, limit=settings.max_client_buffer, last_event_id=last_event_id
         )
         stream.write(retry_hint(settings.retry_ms))
         # No await since the `closing` check: shutdown cannot miss this stream.
-        relay.hub.subscribe(stream, catch_up)
+        relay.hub.subscribe(stream, catch_up, lease=lease)
         self._open_streams += 1
         watcher = asyncio.create_task(
             _watch_disconnect(receive, stream), name="sserelay-asgi-disconnect"
@@ -458,9 +518,36 @@ def _request_headers(scope: Scope) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, value in scope.get("headers", ()):
         key = bytes(name).decode("latin-1").lower()
-        if key in _REQUEST_HEADERS:
+        if key == "cookie" and key in out:  # several Cookie headers: one list
+            out[key] += "; " + bytes(value).decode("latin-1")
+        elif key in _REQUEST_HEADERS:
             out[key] = bytes(value).decode("latin-1")
     return out
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None if the client disconnected; HttpError 413 past ``limit``."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = bytes(message.get("body", b""))
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(413, f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _client(scope: Scope) -> str | None:
+    """The client's address (for the per-client limit), if the server gives one."""
+    client = scope.get("client")
+    if client and client[0] is not None:
+        return str(client[0])
+    return None
 
 
 def _encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:

@@ -1,5 +1,5 @@
 """The ``sserelay`` command: ``serve``, ``publish``, ``listen``, ``migrate``, ``prune``,
-``token``."""
+``token``, ``demo``."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def resolve_dsn(dsn: str | None, data_dir: Path | None, *, announce: bool) -> st
 # -- serve ---------------------------------------------------------------------------
 
 
-async def _serve(settings: Settings, dsn: str, sock: socket.socket | None) -> int:
+async def _serve(settings: Settings, dsn: str | None, sock: socket.socket | None) -> int:
     from .relay import Relay
 
     relay = Relay(settings, dsn=dsn)
@@ -93,15 +93,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         retention_age=args.retention_age,
         retention_count=args.retention_count,
         max_replay=args.max_replay,
+        jwt_secret=args.jwt_secret,
+        jwt_public_key=args.jwt_public_key,
+        public_channels=tuple(args.public_channels) if args.public_channels else None,
+        token_cookie=args.token_cookie,
+        max_streams=args.max_streams,
+        max_streams_per_client=args.max_streams_per_client,
+        max_streams_per_subject=args.max_streams_per_subject,
+        max_stream_lifetime=args.max_stream_lifetime,
+        max_publish_bytes=args.max_publish_bytes,
+        publish_rate=args.publish_rate,
+        publish_burst=args.publish_burst,
+        redis_url=args.redis,
+        broker=_broker_flag(args),
     )
-    if settings.jwt_secret is not None or settings.jwt_public_key is not None:
-        # Fail closed until the HTTP adapters check tokens (the next step): a relay given
-        # a key must never serve the channels it would make private to everyone.
-        raise ConfigError(
-            "SSERELAY_JWT_SECRET / SSERELAY_JWT_PUBLIC_KEY are set, but serve does not "
-            "check tokens yet; unset them to run an open relay"
-        )
-    dsn = resolve_dsn(settings.dsn, settings.data_dir, announce=True)
+    dsn = None
+    if settings.bus == "postgres":
+        dsn = resolve_dsn(settings.dsn, settings.data_dir, announce=True)
     if settings.workers == 1:
         return run_async(lambda: _serve(settings, dsn, None))
     from .workers import bind, supervise
@@ -125,9 +133,22 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from .publish import publish
 
     data = sys.stdin.read() if args.data == "-" else args.data
-    dsn = resolve_dsn(args.dsn or _env_dsn(), args.data_dir, announce=False)
+    bus = _bus_settings(args)
+    target: Any
+    if bus.bus == "redis":
+        from .redis_log import RedisBus
+
+        assert bus.redis_url is not None
+        target = RedisBus(
+            bus.redis_url,
+            prefix=bus.redis_prefix,
+            retention_count=bus.retention_count,
+            retention_age=bus.retention_age,
+        )
+    else:
+        target = resolve_dsn(bus.dsn, args.data_dir, announce=False)
     event_id = publish(
-        dsn,
+        target,
         args.channel,
         data,
         event=args.event,
@@ -146,6 +167,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from .schema import migrate
 
+    if _bus_settings(args).bus == "redis":
+        print("sserelay: Redis needs no migration (streams appear on first publish)", flush=True)
+        return 0
     dsn = resolve_dsn(args.dsn or _env_dsn(), args.data_dir, announce=False)
     print(f"sserelay: schema at version {migrate(dsn)}", flush=True)
     return 0
@@ -171,11 +195,29 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.max_age is None and args.max_count is None:
         print("sserelay: error: prune needs --max-age and/or --max-count", file=sys.stderr)
         return 2
+    bus = _bus_settings(args)
+    if bus.bus == "redis":
+        return run_async(lambda: _prune_redis(bus, args.max_age, args.max_count))
     dsn = resolve_dsn(args.dsn or _env_dsn(), args.data_dir, announce=False)
     deleted = prune(dsn, max_age=args.max_age, max_count=args.max_count)
     if deleted is None:
         print("sserelay: another prune is running; nothing done", flush=True)
         return 1
+    print(f"sserelay: pruned {deleted} events", flush=True)
+    return 0
+
+
+async def _prune_redis(
+    bus: Settings, max_age: datetime.timedelta | None, max_count: int | None
+) -> int:
+    from .redis_log import RedisLog
+
+    assert bus.redis_url is not None
+    log_ = RedisLog(bus.redis_url, prefix=bus.redis_prefix)
+    try:
+        deleted = await log_.prune(max_age, max_count)
+    finally:
+        await log_.close()
     print(f"sserelay: pruned {deleted} events", flush=True)
     return 0
 
@@ -191,7 +233,7 @@ def format_event(channel: str, payload: str) -> str:
     return f"[{stamp}] {channel}{meta}\n{ev.data}\n"
 
 
-async def _listen(dsn: str, channels: Sequence[str]) -> int:
+async def _listen(bus: Settings, channels: Sequence[str]) -> int:
     from .postgres import PostgresListener
 
     def show(channel: str, payload: str) -> None:
@@ -201,7 +243,17 @@ async def _listen(dsn: str, channels: Sequence[str]) -> int:
         for channel in live:
             print(f"# listening on {channel}", file=sys.stderr, flush=True)
 
-    listener = PostgresListener(dsn, show, ready, application_name="sserelay-cli")
+    listener: Any
+    if bus.bus == "redis":
+        from .redis_broker import RedisListener
+
+        assert bus.redis_url is not None
+        listener = RedisListener(
+            bus.redis_url, show, ready, prefix=bus.redis_prefix, client_name="sserelay-cli"
+        )
+    else:
+        assert bus.dsn is not None
+        listener = PostgresListener(bus.dsn, show, ready, application_name="sserelay-cli")
     for channel in channels:
         listener.listen(channel)
     task = asyncio.create_task(listener.run())
@@ -220,8 +272,28 @@ def cmd_listen(args: argparse.Namespace) -> int:
     from .channels import validate_channel
 
     channels = [validate_channel(c) for c in args.channels]
-    dsn = resolve_dsn(args.dsn or _env_dsn(), args.data_dir, announce=False)
-    return run_async(lambda: _listen(dsn, channels))
+    bus = _bus_settings(args)
+    if bus.bus == "postgres":
+        bus = bus.replace(dsn=resolve_dsn(bus.dsn, args.data_dir, announce=False))
+    return run_async(lambda: _listen(bus, channels))
+
+
+def _broker_flag(args: argparse.Namespace) -> str | None:
+    """``--broker``; else ``--redis`` on the command line (without ``--dsn``) means Redis,
+    whatever the environment says (flags win)."""
+    if args.broker is None and args.redis and not args.dsn:
+        return "redis"
+    return args.broker  # type: ignore[no-any-return]  # argparse: a choice or None
+
+
+def _bus_settings(args: argparse.Namespace) -> Settings:
+    """Which bus a command talks to: flags, then the environment (see Settings.bus)."""
+    env = settings_from_env()
+    keep = ("dsn", "redis_url", "broker", "redis_prefix", "retention_count", "retention_age")
+    values = {k: v for k, v in env.items() if k in keep}
+    flags = {"dsn": args.dsn, "redis_url": args.redis, "broker": _broker_flag(args)}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return Settings(**values)  # type: ignore[arg-type]  # validated in __post_init__
 
 
 def _env_dsn() -> str | None:
@@ -260,6 +332,23 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- demo --------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .contrib.django.demo import run_demo
+
+    dsn = resolve_dsn(args.dsn or _env_dsn(), args.data_dir, announce=False)
+    return run_demo(
+        dsn,
+        mode=args.mode,
+        host=args.host,
+        port=args.port,
+        relay_port=args.relay_port,
+        example=args.example,
+    )
+
+
 # -- the parser ----------------------------------------------------------------------
 
 
@@ -274,6 +363,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     def database_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--dsn", help="PostgreSQL DSN (env DATABASE_URL); default: embedded")
+        p.add_argument(
+            "--redis",
+            metavar="URL",
+            help="use Redis as the bus: redis://host:6379/0 (env SSERELAY_REDIS_URL, REDIS_URL)",
+        )
+        p.add_argument(
+            "--broker",
+            choices=("postgres", "redis"),
+            help="the bus when both a DSN and a Redis URL are set (env SSERELAY_BROKER;"
+            " default: redis only if no DSN is set)",
+        )
         p.add_argument(
             "--data-dir",
             type=Path,
@@ -296,6 +396,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-replay", type=int, help="most events replayed per channel to one stream (10000)"
+    )
+    serve.add_argument(
+        "--jwt-secret",
+        help="HS256 secret verifying tokens; prefer env SSERELAY_JWT_SECRET (flags show in ps)",
+    )
+    serve.add_argument(
+        "--jwt-public-key",
+        type=Path,
+        metavar="PEM",
+        help="RSA or EC P-256 public key file verifying RS256/ES256 tokens",
+    )
+    serve.add_argument(
+        "--public-channel",
+        action="append",
+        dest="public_channels",
+        metavar="PATTERN",
+        help="channel (or pattern like 'news-*') anyone may read without a token; repeatable",
+    )
+    serve.add_argument("--token-cookie", help="cookie that may carry the token (sserelay_token)")
+    serve.add_argument("--max-streams", type=int, help="streams per process (default 20000)")
+    serve.add_argument(
+        "--max-streams-per-client",
+        type=int,
+        help="streams per client address (default 0: no limit)",
+    )
+    serve.add_argument(
+        "--max-streams-per-subject",
+        type=int,
+        help="streams per token subject (default 64; 0: no limit)",
+    )
+    serve.add_argument(
+        "--max-stream-lifetime",
+        type=_seconds,
+        help="end each stream after this long (90s, 15m, 12h; -0-10%% jitter); default: never",
+    )
+    serve.add_argument(
+        "--max-publish-bytes", type=int, help="POST /publish: largest body in bytes (65536)"
+    )
+    serve.add_argument(
+        "--publish-rate",
+        type=float,
+        help="POST /publish: events per second per token subject, on average (50)",
+    )
+    serve.add_argument(
+        "--publish-burst", type=int, help="POST /publish: events a subject may send at once (100)"
     )
     database_options(serve)
     serve.set_defaults(func=cmd_serve)
@@ -363,6 +508,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="RSA or EC P-256 private key file, to sign RS256/ES256 tokens",
     )
     tok.set_defaults(func=cmd_token)
+
+    demo = sub.add_parser("demo", help="run the Django chat example (examples/chat)")
+    demo.add_argument(
+        "--mode",
+        choices=("asgi", "wsgi"),
+        default="asgi",
+        help="asgi: Django serves the streams; wsgi: Django + `sserelay serve` (default asgi)",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8000, help="the chat's port (8000)")
+    demo.add_argument("--relay-port", type=int, default=8001, help="wsgi mode: relay port (8001)")
+    demo.add_argument("--example", type=Path, help="the chat example's directory")
+    database_options(demo)
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

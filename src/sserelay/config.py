@@ -30,6 +30,13 @@ class Settings:
     #: Separate DSN for the listening connection (must not go through PgBouncer
     #: in transaction mode). Defaults to ``dsn``.
     listen_dsn: str | None = None
+    #: Redis to use as the bus instead of PostgreSQL (``redis://``, ``rediss://``, ``unix://``).
+    redis_url: str | None = None
+    #: ``postgres`` or ``redis``; None: Redis if only ``redis_url`` is set, else PostgreSQL.
+    broker: str | None = None
+    #: Prefix of every Redis pub/sub channel and key the relay uses (pub/sub is shared by
+    #: every database of a Redis server: a prefix keeps deployments apart).
+    redis_prefix: str = ""
     data_dir: Path | None = None
     #: Origins allowed by CORS; ``("*",)`` allows any (without credentials).
     allowed_origins: tuple[str, ...] = ()
@@ -71,6 +78,23 @@ class Settings:
     public_channels: tuple[str, ...] = ()
     #: The cookie a browser may carry its token in.
     token_cookie: str = "sserelay_token"
+    #: Streams one process holds at most; past it new streams get 503.
+    max_streams: int = 20_000
+    #: Streams one client address (the TCP peer) may hold at most; past it new streams
+    #: get 429. 0 (the default): no limit, since behind a reverse proxy every client
+    #: has the proxy's address (limit there: nginx ``limit_conn``).
+    max_streams_per_client: int = 0
+    #: Streams one token subject (``sub``) may hold at most; past it new streams get 429.
+    #: 0: no limit.
+    max_streams_per_subject: int = 64
+    #: Seconds a stream may stay open (each stream 0-10% less); None = no limit.
+    max_stream_lifetime: float | None = None
+    #: ``POST /publish``: largest request body, bytes.
+    max_publish_bytes: int = 65536
+    #: ``POST /publish``: events a second per token subject (or client address), on average.
+    publish_rate: float = 50.0
+    #: ``POST /publish``: events a token subject (or client address) may send at once.
+    publish_burst: int = 100
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]  # checked below
@@ -91,7 +115,14 @@ class Settings:
             value = getattr(self, name)
             if not 0 < value < math.inf:
                 raise ConfigError(f"{name} must be a positive number of seconds, not {value}")
-        for name in ("max_client_buffer", "max_channels_per_stream", "max_header_bytes"):
+        for name in (
+            "max_client_buffer",
+            "max_channels_per_stream",
+            "max_header_bytes",
+            "max_streams",
+            "max_publish_bytes",
+            "publish_burst",
+        ):
             value = getattr(self, name)
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, not {value}")
@@ -103,10 +134,21 @@ class Settings:
             raise ConfigError(f"retention_count must be at least 1, not {self.retention_count}")
         if not self.prune_interval > 0:
             raise ConfigError(f"prune_interval must be positive, not {self.prune_interval}")
+        for name in ("max_streams_per_client", "max_streams_per_subject"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 (no limit) or more, not {getattr(self, name)}")
+        if self.max_stream_lifetime is not None and not 0 < self.max_stream_lifetime < math.inf:
+            raise ConfigError(
+                f"max_stream_lifetime must be a positive number of seconds, "
+                f"not {self.max_stream_lifetime}"
+            )
+        if not 0 < self.publish_rate < math.inf:
+            raise ConfigError(f"publish_rate must be a positive number, not {self.publish_rate}")
         if self.max_replay < 1:
             raise ConfigError(f"max_replay must be at least 1, not {self.max_replay}")
         if self.reconnect_max < self.reconnect_min:
             raise ConfigError("reconnect_max must not be smaller than reconnect_min")
+        _check_broker(self)
         if self.log_level not in logging.getLevelNamesMapping():
             raise ConfigError(f"log_level={self.log_level!r} is not a log level; {_LEVELS_HINT}")
         _check_auth(self)
@@ -114,6 +156,31 @@ class Settings:
     @property
     def listener_dsn(self) -> str | None:
         return self.listen_dsn or self.dsn
+
+    @property
+    def bus(self) -> str:
+        """The broker in use: ``broker`` if set, else ``redis`` when only a Redis URL is
+        configured, else ``postgres`` (so a ``REDIS_URL`` set for something else beside a
+        ``DATABASE_URL`` changes nothing)."""
+        if self.broker is not None:
+            return self.broker
+        return "redis" if self.redis_url and not self.dsn else "postgres"
+
+
+BROKERS = ("postgres", "redis")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _check_broker(settings: Settings) -> None:
+    if settings.broker is not None and settings.broker not in BROKERS:
+        raise ConfigError(f"broker must be postgres or redis, not {settings.broker!r}")
+    if settings.redis_url is not None and not settings.redis_url.startswith(REDIS_SCHEMES):
+        raise ConfigError(
+            f"redis_url must start with redis://, rediss:// or unix://, "
+            f"not {settings.redis_url[:40]!r}"
+        )
+    if settings.bus == "redis" and not settings.redis_url:
+        raise ConfigError("broker is redis but no Redis URL is set (--redis or REDIS_URL)")
 
 
 def check_port(port: int) -> int:
@@ -199,6 +266,7 @@ _ENV_FLOATS = {
     "SSERELAY_HEADER_TIMEOUT": "header_timeout",
     "SSERELAY_PROBE_INTERVAL": "probe_interval",
     "SSERELAY_SHUTDOWN_TIMEOUT": "shutdown_timeout",
+    "SSERELAY_PUBLISH_RATE": "publish_rate",
 }
 _ENV_INTS = {
     "SSERELAY_PORT": "port",
@@ -209,6 +277,11 @@ _ENV_INTS = {
     "SSERELAY_MAX_HEADER_BYTES": "max_header_bytes",
     "SSERELAY_RETENTION_COUNT": "retention_count",
     "SSERELAY_MAX_REPLAY": "max_replay",
+    "SSERELAY_MAX_PUBLISH_BYTES": "max_publish_bytes",
+    "SSERELAY_PUBLISH_BURST": "publish_burst",
+    "SSERELAY_MAX_STREAMS": "max_streams",
+    "SSERELAY_MAX_STREAMS_PER_CLIENT": "max_streams_per_client",
+    "SSERELAY_MAX_STREAMS_PER_SUBJECT": "max_streams_per_subject",
 }
 
 
@@ -220,6 +293,13 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> dict[str, object]
         out["dsn"] = env["DATABASE_URL"]
     if env.get("SSERELAY_LISTEN_DSN"):
         out["listen_dsn"] = env["SSERELAY_LISTEN_DSN"]
+    redis_url = env.get("SSERELAY_REDIS_URL") or env.get("REDIS_URL")
+    if redis_url:
+        out["redis_url"] = redis_url
+    if env.get("SSERELAY_BROKER"):
+        out["broker"] = env["SSERELAY_BROKER"].strip().lower()
+    if env.get("SSERELAY_REDIS_PREFIX"):
+        out["redis_prefix"] = env["SSERELAY_REDIS_PREFIX"]
     if env.get("SSERELAY_HOST"):
         out["host"] = env["SSERELAY_HOST"]
     if env.get("SSERELAY_DATA_DIR"):
@@ -239,6 +319,10 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> dict[str, object]
     if env.get("SSERELAY_RETENTION_AGE"):
         out["retention_age"] = parse_duration(
             env["SSERELAY_RETENTION_AGE"], "SSERELAY_RETENTION_AGE"
+        )
+    if env.get("SSERELAY_MAX_STREAM_LIFETIME"):
+        out["max_stream_lifetime"] = parse_duration(
+            env["SSERELAY_MAX_STREAM_LIFETIME"], "SSERELAY_MAX_STREAM_LIFETIME"
         )
     for var, name in _ENV_FLOATS.items():
         if env.get(var):

@@ -13,6 +13,8 @@ Django view provide :class:`Subscriber` objects.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import random
 import time
@@ -60,11 +62,23 @@ class Subscriber(Protocol):
         """Drop the connection now (slow client)."""
 
 
+class Lease(Protocol):
+    """What a stream was admitted with (see :mod:`sserelay.access`): released once, when
+    the hub forgets the stream, and the monotonic time it must end by (None: never)."""
+
+    deadline: float | None
+
+    def release(self) -> None:
+        """Give back the stream's place in the limits."""
+
+
 class Hub:
     """Subscriptions and fan-out for one process."""
 
-    def __init__(self, *, heartbeat: float = 15.0) -> None:
+    def __init__(self, *, heartbeat: float = 15.0, retry_ms: int = 2000) -> None:
         self.heartbeat = heartbeat
+        #: The ``retry:`` (jittered) sent to a stream ended at its deadline.
+        self.retry_ms = retry_ms
         self.broker: Broker | None = None
         self.replay: Replay | None = None
         #: Everyone on a channel (live or catching up): decides LISTEN/UNLISTEN and READY.
@@ -76,12 +90,20 @@ class Hub:
         self._catching: dict[Subscriber, list[Event]] = {}
         #: Live streams with composite ids (durable events then need a variant frame).
         self._composite = 0
+        #: Leases of admitted streams, released on unsubscribe.
+        self._leases: dict[Subscriber, Lease] = {}
+        #: (deadline, tie-breaker, stream): a min-heap, checked by the heartbeat task.
+        #: Entries of streams gone early stay until popped or compacted away.
+        self._deadlines: list[tuple[float, int, Subscriber]] = []
+        self._timed = 0  # live streams with a deadline
+        self._order = itertools.count()
         self.closing = False
         # Plain counters, read by the metrics collector at scrape time (no hot-path cost).
         self.events_received = 0
         self.deliveries = 0
         self.slow_dropped = 0
         self.streams_opened = 0
+        self.streams_expired = 0
 
     # -- subscriptions ---------------------------------------------------------------
 
@@ -99,15 +121,24 @@ class Hub:
     def channels(self) -> list[str]:
         return list(self._channels)
 
-    def subscribe(self, sub: Subscriber, catch_up: CatchUp | None = None) -> None:
+    def subscribe(
+        self, sub: Subscriber, catch_up: CatchUp | None = None, *, lease: Lease | None = None
+    ) -> None:
         """Register ``sub`` on its channels; writes READY now or once they are live.
 
         With ``catch_up`` (and durable channels enabled) the stream first replays the
-        log from the requested position, then joins the live fan-out with no gap.
+        log from the requested position, then joins the live fan-out with no gap. A
+        ``lease`` is released when the stream is forgotten; if it has a deadline, the
+        stream is ended then, with a jittered ``retry:`` (see :meth:`expire_due`).
         """
         broker = self.broker
         self._subscribers[sub] = None
         self.streams_opened += 1
+        if lease is not None:
+            self._leases[sub] = lease
+            if lease.deadline is not None:
+                self._timed += 1
+                heapq.heappush(self._deadlines, (lease.deadline, next(self._order), sub))
         sub.next_ping = self._next_ping(time.monotonic())
         sub.id_key = tuple(sorted(sub.channels)) if len(sub.channels) > 1 else None
         for channel in sub.channels:
@@ -139,6 +170,11 @@ class Hub:
         """Forget ``sub`` (idempotent). The last subscriber of a channel UNLISTENs it."""
         if self._subscribers.pop(sub, False) is False:
             return
+        lease = self._leases.pop(sub, None)
+        if lease is not None:
+            if lease.deadline is not None:
+                self._timed -= 1
+            lease.release()
         if self._catching.pop(sub, None) is None and sub.id_key is not None:
             self._composite -= 1
         for channel in sub.channels:
@@ -187,7 +223,11 @@ class Hub:
         """``event`` with the id ``sub`` must see, given its positions ``vector``."""
         if sub.id_key is None or event.seq is None or not vector:
             return event
-        return event.with_id(".".join(str(vector[c]) for c in sub.id_key))
+        return event.with_id(".".join(self._id_text(vector[c]) for c in sub.id_key))
+
+    def _id_text(self, position: int) -> str:
+        """A position as its log spells it in ``id:`` (Redis: the stream entry id)."""
+        return str(position) if self.replay is None else self.replay.format_id(position)
 
     def finish_catch_up(self, sub: Subscriber, vector: dict[str, int]) -> None:
         """Write what arrived live during the catch-up, then join the live fan-out."""
@@ -250,7 +290,9 @@ class Hub:
             else:
                 frame = variants.get(key)  # type: ignore[assignment]  # filled just below
                 if frame is None:
-                    frame = variants[key] = event.with_id(".".join(str(positions(c)) for c in key))
+                    frame = variants[key] = event.with_id(
+                        ".".join(self._id_text(positions(c)) for c in key)
+                    )
             if not sub.deliver(frame):
                 slow.append(sub)
         return slow
@@ -274,12 +316,36 @@ class Hub:
             sub.write(PING)
         return len(due)
 
+    def expire_due(self, now: float) -> int:
+        """End every stream whose deadline (token expiry, maximum lifetime) has passed,
+        with a jittered ``retry:`` so that its browser reconnects (with a fresh token);
+        return how many. Cost: one heap pop per stream ended or gone."""
+        heap = self._deadlines
+        ended = 0
+        while heap and heap[0][0] <= now:
+            deadline, _, sub = heapq.heappop(heap)
+            lease = self._leases.get(sub)
+            if lease is None or lease.deadline != deadline:
+                continue  # gone before its deadline
+            self.unsubscribe(sub)
+            sub.close(retry_hint(self.retry_ms, farewell=True))
+            ended += 1
+        if len(heap) > 2 * self._timed + 64:
+            # Streams that left early: drop their entries (amortised O(1) per stream).
+            self._deadlines = [entry for entry in heap if entry[2] in self._leases]
+            heapq.heapify(self._deadlines)
+        self.streams_expired += ended
+        return ended
+
     async def run_heartbeats(self) -> None:
-        """Owner-managed task: ping idle streams so proxies keep them open."""
+        """Owner-managed task: ping idle streams so proxies keep them open, and end the
+        streams whose deadline has passed."""
         tick = min(1.0, self.heartbeat / 4)
         while True:
             await asyncio.sleep(tick)
-            self.send_heartbeats(time.monotonic())
+            now = time.monotonic()
+            self.expire_due(now)
+            self.send_heartbeats(now)
 
     def close_all(self, retry_ms: int) -> int:
         """Shutdown: tell every stream to come back in ``retry_ms`` (+ jitter) and close it."""

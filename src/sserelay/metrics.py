@@ -49,6 +49,16 @@ class RelayCollector(Collector):
             "Streams closed because their unsent bytes passed the bound.",
             hub.slow_dropped,
         )
+        yield CounterMetricFamily(
+            "sserelay_streams_expired",
+            "Streams ended at their deadline (token expiry or max_stream_lifetime).",
+            hub.streams_expired,
+        )
+        yield CounterMetricFamily(
+            "sserelay_http_published",
+            "Events published through POST /publish.",
+            self.relay.publisher.published,
+        )
         yield GaugeMetricFamily(
             "sserelay_listener_connected",
             "1 while the listening connection is up.",

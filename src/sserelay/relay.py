@@ -17,38 +17,62 @@ import random
 import socket
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .access import StreamAccess
+from .auth import policy_from_settings
 from .config import Settings
+from .errors import ConfigError
 from .hub import Hub
 from .metrics import CONTENT_TYPE, RelayMetrics
 from .postgres import PostgresListener
+from .publishing import Publisher
 from .replay import LogReader, Replay
 from .server import HttpConnection, protocol_factory
+
+if TYPE_CHECKING:
+    from .broker import EventLog
+    from .redis_broker import RedisListener
 
 log = logging.getLogger("sserelay")
 
 
 class Relay:
-    """One relay process. Use ``async with Relay(settings, dsn=...)`` or start/shutdown."""
+    """One relay process. Use ``async with Relay(settings, dsn=...)`` or start/shutdown.
 
-    def __init__(self, settings: Settings, *, dsn: str) -> None:
+    The bus is PostgreSQL (``dsn``) or Redis (``settings.redis_url``), as ``settings.bus``
+    says; nothing else here depends on which.
+    """
+
+    def __init__(self, settings: Settings, *, dsn: str | None = None) -> None:
         self.settings = settings
-        self.hub = Hub(heartbeat=settings.heartbeat)
-        self.listener = PostgresListener(
-            settings.listen_dsn or dsn,
-            self.hub.dispatch,
-            self.hub.on_listening,
-            probe_interval=settings.probe_interval,
-            probe_timeout=settings.probe_timeout,
-            reconnect_min=settings.reconnect_min,
-            reconnect_max=settings.reconnect_max,
-        )
+        self.hub = Hub(heartbeat=settings.heartbeat, retry_ms=settings.retry_ms)
+        #: Who may read which channels (built once), and the stream limits.
+        self.policy = policy_from_settings(settings)
+        self.access = StreamAccess(settings, self.policy)
+        self.listener: PostgresListener | RedisListener
+        self.reader: EventLog
+        if settings.bus == "redis":
+            self._redis_bus(settings)
+        else:
+            if dsn is None:
+                raise ConfigError("the PostgreSQL broker needs a DSN")
+            self.listener = PostgresListener(
+                settings.listen_dsn or dsn,
+                self.hub.dispatch,
+                self.hub.on_listening,
+                probe_interval=settings.probe_interval,
+                probe_timeout=settings.probe_timeout,
+                reconnect_min=settings.reconnect_min,
+                reconnect_max=settings.reconnect_max,
+            )
+            # Durable channels: a small pool reads the log (replay, gap fills, large events).
+            self.reader = LogReader(dsn)
         self.hub.attach(self.listener)
-        # Durable channels: a small pool reads the log (replay, gap fills, large events).
-        self.reader = LogReader(dsn)
         self.replay = Replay(self.hub, self.reader, max_replay=settings.max_replay)
         self.hub.replay = self.replay
+        #: ``POST /publish``: publishes through the reader's pool; owns its request tasks.
+        self.publisher = Publisher(settings, self.reader, self.policy)
         self.connections: set[HttpConnection] = set()
         self.rejected: Counter[int] = Counter()
         self.metrics = RelayMetrics(self)
@@ -57,6 +81,33 @@ class Relay:
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._all_closed = asyncio.Event()
+
+    def _redis_bus(self, settings: Settings) -> None:
+        """Redis as the bus: pub/sub for the live events, one stream per durable channel."""
+        try:
+            from .redis_broker import RedisListener
+            from .redis_log import RedisLog
+        except ImportError as exc:
+            raise ConfigError(
+                f"the Redis broker needs the redis package: pip install 'sserelay[redis]' ({exc})"
+            ) from None
+        assert settings.redis_url is not None  # checked by Settings
+        self.listener = RedisListener(
+            settings.redis_url,
+            self.hub.dispatch,
+            self.hub.on_listening,
+            prefix=settings.redis_prefix,
+            probe_interval=settings.probe_interval,
+            probe_timeout=settings.probe_timeout,
+            reconnect_min=settings.reconnect_min,
+            reconnect_max=settings.reconnect_max,
+        )
+        self.reader = RedisLog(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            retention_count=settings.retention_count,
+            retention_age=settings.retention_age,
+        )
 
     async def __aenter__(self) -> Relay:
         await self.start()
@@ -79,13 +130,16 @@ class Relay:
         ]
         if self.settings.retention_age is not None or self.settings.retention_count is not None:
             self._tasks.append(asyncio.create_task(self._prune_forever(), name="sserelay-prune"))
-        if not serve:
-            return
-        if sock is not None:
+        if serve and sock is not None:
             self._server = await loop.create_server(protocol_factory(self), sock=sock, backlog=4096)
-        else:
+        elif serve:
             self._server = await loop.create_server(
                 protocol_factory(self), self.settings.host, self.settings.port, backlog=4096
+            )
+        if self.policy.is_open:  # once started: a relay that failed to bind is not open
+            log.warning(
+                "no jwt_secret or jwt_public_key: the relay is open, anyone who can reach it "
+                "may read every channel (see docs/security.md)"
             )
 
     @property
@@ -119,6 +173,7 @@ class Relay:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self.publisher.close()
         await self.replay.close()
         await self.reader.close()
         if self._server is not None:

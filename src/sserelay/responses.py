@@ -12,17 +12,26 @@ SSE_HEADERS: tuple[tuple[str, str], ...] = (
 )
 
 #: Request headers a browser may send cross-origin to a stream.
-CORS_ALLOW_HEADERS = "Last-Event-ID, Cache-Control, Authorization"
+CORS_ALLOW_HEADERS = "Last-Event-ID, Cache-Control, Authorization, Content-Type"
 
 
 def cors_headers(origin: str | None, allowed: tuple[str, ...]) -> list[tuple[str, str]]:
-    """CORS response headers for ``origin`` under the ``ALLOWED_ORIGINS`` setting."""
+    """CORS response headers for ``origin`` under the ``ALLOWED_ORIGINS`` setting.
+
+    An origin listed by name may send credentials (cookies, ``EventSource`` with
+    ``withCredentials``); with ``*`` credentials are never allowed, so a cookie token
+    cannot be used cross-origin.
+    """
     if not origin or not allowed:
         return []
     if "*" in allowed:
         return [("Access-Control-Allow-Origin", "*")]
     if origin.rstrip("/") in allowed:
-        return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        return [
+            ("Access-Control-Allow-Origin", origin),
+            ("Access-Control-Allow-Credentials", "true"),
+            ("Vary", "Origin"),
+        ]
     return [("Vary", "Origin")]
 
 
@@ -30,7 +39,7 @@ def preflight_headers(origin: str | None, allowed: tuple[str, ...]) -> list[tupl
     headers = cors_headers(origin, allowed)
     if any(name == "Access-Control-Allow-Origin" for name, _ in headers):
         headers += [
-            ("Access-Control-Allow-Methods", "GET, OPTIONS"),
+            ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
             ("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS),
             ("Access-Control-Max-Age", "600"),
         ]

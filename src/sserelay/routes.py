@@ -6,6 +6,8 @@
   whose name is one of our endpoints (``events``, ``healthz``, ``metrics``,
   ``publish``) are reachable under ``/events/`` only.
 - ``GET /healthz``, ``GET /metrics``.
+- ``POST /publish``: publish one event (see :mod:`sserelay.publishing`); every other
+  method on ``/publish`` is a 405 with ``Allow: POST``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class StreamRoute:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    name: str  # "healthz" or "metrics"
+    name: str  # "healthz", "metrics" or "publish"
 
 
 Route = StreamRoute | Endpoint
@@ -73,6 +75,12 @@ def route(method: str, path: str, query: str, *, max_channels: int) -> Route:
     """Map a request to a route, or raise :class:`HttpError` (404, 405, 400)."""
     if not path.startswith("/"):
         raise HttpError(400, "request target must be an absolute path")
+    if path == "/publish":
+        if method == "POST":
+            return Endpoint("publish")
+        raise HttpError(
+            405, f"method {method[:20]!r} not allowed; use POST", (("Allow", "POST, OPTIONS"),)
+        )
     if method != "GET":
         raise HttpError(
             405, f"method {method[:20]!r} not allowed; use GET", (("Allow", "GET, OPTIONS"),)

@@ -4,6 +4,11 @@ Each connection reads one request head (bounded in size and time), then either
 answers and closes, or becomes an SSE stream: it registers itself with the hub
 as a :class:`~sserelay.hub.Subscriber` and from then on is written to directly
 by the hub's fan-out loop, with each event's bytes already chunk-framed.
+
+``POST /publish`` is the one request with a body: it is refused from its head when it
+can be (no key, too large, wrong type), read up to ``max_publish_bytes`` within the
+same deadline as the head, and answered by :class:`~sserelay.publishing.Publisher`
+in a task of its own.
 """
 
 from __future__ import annotations
@@ -27,6 +32,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sserelay.server")
 
+#: The request headers kept (the last of each; Cookie lines are joined).
+_KEPT_HEADERS = frozenset(
+    {
+        "origin",
+        "last-event-id",
+        "access-control-request-method",
+        "authorization",
+        "cookie",
+        "content-type",
+        "content-length",
+        "expect",
+    }
+)
+
 
 class HttpConnection(asyncio.Protocol):
     """One client connection: a request, then a response or a stream."""
@@ -39,8 +58,10 @@ class HttpConnection(asyncio.Protocol):
         self.url = b""
         self.method = b""
         self.headers: dict[str, str] = {}
+        self.client: str | None = None  # the peer's address, for the per-client limit
         self.received = 0
         self.head_bytes = 0  # request target and header lines, as parsed
+        self.body: bytearray | None = None  # POST /publish only: the body read so far
         self.done = False  # a response was started; ignore further input
         self.timer: asyncio.TimerHandle | None = None
         # Subscriber state (see hub.Subscriber)
@@ -61,6 +82,9 @@ class HttpConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self._write = self.transport.write
         self._buffered = self.transport.get_write_buffer_size
+        peer = self.transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.client = str(peer[0])
         self.relay.connections.add(self)
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(self.settings.header_timeout, self._head_timeout)
@@ -79,7 +103,8 @@ class HttpConnection(asyncio.Protocol):
             reason = str(exc).split(":")[0] or "malformed request"
             self.fail(HttpError(400, f"malformed HTTP request ({reason})"))
             return
-        if not self.done and self.received > self.settings.max_header_bytes:
+        if not self.done and self.body is None and self.received > self.settings.max_header_bytes:
+            # Without a body to read (see on_headers_complete) every byte is head.
             self.fail(HttpError(431, f"request head over {self.settings.max_header_bytes} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -98,7 +123,9 @@ class HttpConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_bytes += len(name) + len(value) + 4  # ": " and CRLF
         key = name.decode("latin-1").lower()
-        if key in ("origin", "last-event-id", "access-control-request-method"):
+        if key == "cookie" and key in self.headers:  # several Cookie lines: one list
+            self.headers[key] += "; " + value.decode("latin-1")
+        elif key in _KEPT_HEADERS:
             self.headers[key] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
@@ -107,6 +134,23 @@ class HttpConnection(asyncio.Protocol):
         # parsed (and would be handled) before that check runs.
         if self.head_bytes > self.settings.max_header_bytes:
             self.fail(HttpError(431, f"request head over {self.settings.max_header_bytes} bytes"))
+            return
+        if self.method == b"POST" and self._path() == b"/publish":
+            publisher = self.relay.publisher
+            refused = publisher.precheck(self.headers)
+            if refused is not None:
+                self.fail(refused)
+                return
+            self.body = bytearray()
+            if self.headers.get("expect", "").lower() == "100-continue":
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        if self.body is None or self.done:
+            return  # a body on another request: counted as head by data_received
+        self.body += body
+        if len(self.body) > self.relay.publisher.limit:
+            self.fail(self.relay.publisher.too_large())
 
     def on_message_complete(self) -> None:
         self._cancel_timer()
@@ -143,7 +187,12 @@ class HttpConnection(asyncio.Protocol):
         except HttpError as exc:
             self.fail(exc)
             return
-        if isinstance(target, Endpoint):
+        if isinstance(target, Endpoint) and target.name == "publish":
+            self.done = True  # read no more: the answer comes from the task
+            self.relay.publisher.spawn(
+                self.publish(query, cors_headers(origin, self.settings.allowed_origins))
+            )
+        elif isinstance(target, Endpoint):
             status, ctype, body = self.relay.endpoint(target.name)
             self.respond(status, body, [("Content-Type", ctype), ("Cache-Control", "no-cache")])
         else:
@@ -157,6 +206,13 @@ class HttpConnection(asyncio.Protocol):
         except ValueError as exc:
             self.fail(HttpError(400, str(exc)))
             return
+        try:
+            lease = self.relay.access.admit(
+                target.channels, self.headers, target.query, self.client
+            )
+        except HttpError as exc:
+            self.fail(exc)
+            return
         self.done = True
         self.channels = target.channels
         headers = [*SSE_HEADERS, *extra]
@@ -169,7 +225,15 @@ class HttpConnection(asyncio.Protocol):
         self.transport.write(head(200, headers, version))
         self.write(retry_hint(self.settings.retry_ms))
         self.streaming = True
-        self.relay.hub.subscribe(self, catch_up)
+        self.relay.hub.subscribe(self, catch_up, lease=lease)
+
+    async def publish(self, query: str, extra: list[tuple[str, str]]) -> None:
+        body = bytes(self.body or b"")
+        reply = await self.relay.publisher.handle(self.headers, query, body, self.client)
+        if reply.status >= 400:
+            self.relay.count_rejected(reply.status)
+        if not self.transport.is_closing():
+            self.respond(reply.status, reply.body, [*reply.headers, *extra])
 
     def respond(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
         self.done = True
@@ -186,13 +250,17 @@ class HttpConnection(asyncio.Protocol):
         headers += cors_headers(self.headers.get("origin"), self.settings.allowed_origins)
         self.respond(error.status, error_body(error.reason), headers)
 
+    def _path(self) -> bytes:
+        try:
+            return httptools.parse_url(self.url).path or b""
+        except httptools.HttpParserInvalidURLError:
+            return b""  # answered 400 when the request is complete
+
     def _head_timeout(self) -> None:
         self.timer = None
         if not self.done:
             self.fail(
-                HttpError(
-                    408, f"request head not received within {self.settings.header_timeout:g}s"
-                )
+                HttpError(408, f"request not received within {self.settings.header_timeout:g}s")
             )
 
     def _cancel_timer(self) -> None:
