@@ -15,6 +15,11 @@ call per read. Even so, on loopback a client's kernel receive costs about what t
 server's send does, so the busiest client process's CPU share is reported and
 flagged past 85%: then the client side may be what limits the run.
 
+With ``--redis URL`` the events are published with Redis ``PUBLISH`` (on
+``--redis-prefix`` + channel, as a relay with that ``SSERELAY_REDIS_PREFIX`` listens),
+the direct reference listener SUBSCRIBEs instead of LISTENing, and the server's
+connections are counted in Redis's ``CLIENT LIST`` as well as PostgreSQL's.
+
 Everything is bounded: connecting, readiness, publishing, draining and the whole
 run have deadlines; the run stops by itself and leaves no process behind.
 
@@ -73,6 +78,8 @@ class Config:
     hold: float
     deadline: float
     label: str
+    redis: str | None = None
+    redis_prefix: str = ""
 
     @property
     def target(self) -> tuple[str, int, str]:
@@ -390,6 +397,51 @@ class DirectListener:
                         self.latencies_us.append((now - int(match[2])) // 1000)
 
 
+class RedisDirectListener(DirectListener):
+    """The same reference on Redis: a plain SUBSCRIBE on the channel, in a thread."""
+
+    def __init__(self, url: str, channel: str) -> None:
+        super().__init__(url, channel)
+
+    def _run(self) -> None:
+        import redis
+
+        with redis.Redis.from_url(self.dsn, client_name="sserelay-bench") as client:
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(self.channel)
+            self.listening.set()
+            while not self._stop.is_set():
+                message = pubsub.get_message(timeout=0.2)
+                if message is None:
+                    continue
+                now = time.time_ns()
+                if match := PAYLOAD.search(message["data"].decode()):
+                    self.latencies_us.append((now - int(match[2])) // 1000)
+            pubsub.close()
+
+
+def redis_connections(url: str, pid: int | None) -> dict[str, Any]:
+    """The server's connections to Redis, by client name (from CLIENT LIST)."""
+    import redis
+
+    if pid is None:
+        return {}
+    with redis.Redis.from_url(url) as client:
+        port = client.connection_pool.connection_kwargs.get("port", 6379)
+        ports: set[int] = set()
+        with contextlib.suppress(Exception):
+            for proc in server_processes(pid):
+                for conn in proc.net_connections(kind="tcp"):
+                    if conn.raddr and conn.raddr.port == port:
+                        ports.add(conn.laddr.port)
+        by_name: dict[str, int] = {}
+        for entry in client.client_list():
+            if int(str(entry["addr"]).rsplit(":", 1)[1]) in ports:
+                name = str(entry.get("name") or "(none)")
+                by_name[name] = by_name.get(name, 0) + 1
+    return {"total": sum(by_name.values()), "by_application_name": by_name}
+
+
 class ServerProbe:
     """Samples the server's RSS (all its processes) in a thread; peak kept."""
 
@@ -529,6 +581,20 @@ class Coordinator:
         """Publish ``count`` events; returns (published, first_ns, last_ns)."""
         cfg = self.cfg
         channel = cfg.channel
+        if cfg.redis:
+            import redis
+
+            client = redis.Redis.from_url(cfg.redis, client_name="sserelay-bench")
+            wire = cfg.redis_prefix + channel
+
+            def send(payload: str) -> None:
+                client.publish(wire, payload)
+
+        else:
+
+            def send(payload: str) -> None:
+                db.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
         start = time.monotonic()
         stop_at = start + cfg.duration + 30 if cfg.rate else start + cfg.deadline
         first_ns = last_ns = 0
@@ -543,7 +609,7 @@ class Coordinator:
                 break
             last_ns = time.time_ns()
             payload = f'{{"data":"{seq}:{last_ns}"}}'
-            db.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+            send(payload)
             first_ns = first_ns or last_ns
             published += 1
         return published, first_ns, last_ns
@@ -565,8 +631,13 @@ class Coordinator:
                     listening = self.wait_listening(db, connected, cfg.connect_timeout)
                 time.sleep(cfg.settle)
                 pg = pg_connections(db, cfg.server_pid, pg_port)
+                redis_conns = None
+                if cfg.redis:
+                    redis_conns = redis_connections(cfg.redis, cfg.server_pid)
                 rss_subscribed = probe.rss()
-                direct = DirectListener(cfg.dsn, cfg.channel)
+                direct: DirectListener = DirectListener(cfg.dsn, cfg.channel)
+                if cfg.redis:
+                    direct = RedisDirectListener(cfg.redis, cfg.redis_prefix + cfg.channel)
                 direct.start()
                 self.broadcast("go")
                 if cfg.hold:
@@ -599,6 +670,7 @@ class Coordinator:
             first_ns=first_ns,
             last_ns=last_ns,
             pg=pg,
+            redis_conns=redis_conns,
             direct=direct.latencies_us,
             listening=listening,
             rss_subscribed=rss_subscribed,
@@ -674,6 +746,8 @@ class Coordinator:
             "client_cpu_share_max": round(cpu_share, 3),
             "client_saturated": saturated,
             "pg_connections": r["pg"],
+            "redis_connections": r["redis_conns"],
+            "broker": "redis" if cfg.redis else "postgres",
             "pg_listen_backends": r["listening"],
             "notes": self.notes,
         }
@@ -718,7 +792,7 @@ def table(result: dict[str, Any]) -> str:
             f"p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}",
         ),
         (
-            "PostgreSQL alone",
+            "Redis alone" if result.get("broker") == "redis" else "PostgreSQL alone",
             "p50 {p50}  p90 {p90}  p99 {p99}  max {max}  (a direct LISTEN, no relay)".format(
                 **result["pg_direct_latency_ms"]
             ),
@@ -735,6 +809,11 @@ def table(result: dict[str, Any]) -> str:
             + ("  SATURATED" if result["client_saturated"] else ""),
         ),
         ("server PG connections", f"{pg.get('total')}  {pg.get('by_application_name')}"),
+        (
+            "server Redis conns",
+            f"{(result.get('redis_connections') or {}).get('total')}"
+            f"  {(result.get('redis_connections') or {}).get('by_application_name')}",
+        ),
     ]
     if result["pg_listen_backends"] is not None:
         rows.append(("LISTEN backends", str(result["pg_listen_backends"])))
@@ -778,6 +857,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, str | None]:
     p.add_argument("--drain-timeout", type=float, default=30.0)
     p.add_argument("--hold", type=float, default=0.0, help="seconds to hold before publishing")
     p.add_argument("--deadline", type=float, help="hard bound on the whole run (seconds)")
+    p.add_argument("--redis", help="publish with Redis PUBLISH on this URL instead of pg_notify")
+    p.add_argument("--redis-prefix", default="", help="the relay's SSERELAY_REDIS_PREFIX")
     p.add_argument("--label", default="")
     p.add_argument("--json-out", help="append the JSON result line to this file")
     args = p.parse_args(argv)
@@ -811,6 +892,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, str | None]:
         hold=args.hold,
         deadline=deadline,
         label=args.label,
+        redis=args.redis,
+        redis_prefix=args.redis_prefix,
     )
     return cfg, args.json_out
 

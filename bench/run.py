@@ -16,9 +16,14 @@ Scenarios (see docs/benchmarks.md for what each number means):
      connection per stream, so 90 is what max_connections=100 allows):
      deliveries/s and p99, unthrottled and at a fixed rate.
 
+With ``--brokers postgres,redis`` (the default) every sserelay run of a, b and c is
+repeated with Redis as the bus (``sserelay serve --redis``, events sent with Redis
+PUBLISH), back to back with the PostgreSQL run, in the same session.
+
     .venv/bin/python bench/run.py                  # all scenarios
     .venv/bin/python bench/run.py --only c --repeats 5
     .venv/bin/python bench/run.py --only b --profile   # py-spy the relay
+    .venv/bin/python bench/run.py --only bc --brokers redis
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ SSR_VENV = BENCH / ".venv-ssr"
 SSR_SPEC = "sse-relay-server[postgres]==1.0.14"
 TOOLS_VENV = BENCH / ".venv-tools"
 DSN = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS = "redis://127.0.0.1:6379/0"
+#: sserelay on each bus: the PostgreSQL one keeps its old name (results stay comparable).
+SSERELAY_KINDS = {"postgres": "sserelay", "redis": "sserelay-redis"}
 
 
 @dataclass
@@ -66,6 +74,10 @@ class Session:
     out: Path
     dsn: str
     profile: bool
+    redis: str = REDIS
+    #: Key and channel prefix of this session's relays on Redis (cleaned up at the end).
+    redis_prefix: str = ""
+    brokers: tuple[str, ...] = ("postgres", "redis")
     #: Seconds to wait, before each load run, for other work on the machine to calm down.
     quiet_wait: float = 0.0
     runs: list[Run] = field(default_factory=list)
@@ -121,11 +133,18 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> bool:
     return clean
 
 
-def server_command(kind: str, port: int, dsn: str) -> tuple[list[str], dict[str, str], Path]:
+def server_command(
+    kind: str, port: int, session: Session
+) -> tuple[list[str], dict[str, str], Path]:
     env = dict(os.environ)
+    dsn = session.dsn
     if kind == "sserelay":
         cmd = [str(SSERELAY), "serve", "--port", str(port), "--dsn", dsn]
         env["LOG_LEVEL"] = "WARNING"
+        return cmd, env, ROOT
+    if kind == "sserelay-redis":
+        cmd = [str(SSERELAY), "serve", "--port", str(port), "--redis", session.redis]
+        env.update(LOG_LEVEL="WARNING", SSERELAY_REDIS_PREFIX=session.redis_prefix)
         return cmd, env, ROOT
     if kind == "baseline":
         cmd = [str(PYTHON), str(BENCH / "baseline.py"), "--port", str(port), "--dsn", dsn]
@@ -144,7 +163,7 @@ def server_command(kind: str, port: int, dsn: str) -> tuple[list[str], dict[str,
 def server(session: Session, kind: str, name: str) -> Iterator[tuple[int, int]]:
     """Start ``kind`` on a free port; yield (port, pid); always stop it."""
     port = free_port()
-    cmd, env, cwd = server_command(kind, port, session.dsn)
+    cmd, env, cwd = server_command(kind, port, session)
     logfile = (session.out / f"{name}.server.log").open("wb")
     session.say(f"$ {shlex.join(cmd)}")
     proc = subprocess.Popen(
@@ -223,6 +242,8 @@ def loadgen(session: Session, scenario: str, kind: str, name: str, args: list[st
             template += ["--json-out", str(session.out / "results.jsonl")]
             if kind == "ssr":
                 template += ["--ready", "pg"]
+            if kind == "sserelay-redis":
+                template += ["--redis", session.redis, "--redis-prefix", session.redis_prefix]
             shown = shlex.join(template)
             cmd = [a.replace("$PORT", str(port)).replace("$PID", str(pid)) for a in template]
             session.say(f"$ {shown}")
@@ -277,21 +298,28 @@ def scenario_a(session: Session) -> None:
     session.say("\n== a: 10,000 concurrent streams on one sserelay process")
     args = ["--clients", "10000", "--procs", "2", "--source-addrs", "4"]
     args += ["--hold", "5", "--rate", "2", "--duration", "5", "--deadline", "240"]
-    run = record(session, loadgen(session, "a", "sserelay", "a-sserelay-10k", args))
-    r = run.result
-    if r is None:
-        session.check("a: 10,000 streams held", run.error or "failed", False)
-        return
-    pg = r["pg_connections"]
-    listeners = pg["by_application_name"].get("sserelay-listener", 0)
-    held = r["connected"] == 10000 and r["lost"] == 0
-    session.check("a: 10,000 streams held", f"{r['connected']} connected, lost {r['lost']}", held)
-    rss = r["server_rss_mb"]["peak"]
-    session.check("a: peak RSS <= 150 MB", f"{rss} MB", rss <= 150)
-    # Only the listener LISTENs; other connections (the durable-log reader pool) are shown.
-    names = ", ".join(f"{n} {name}" for name, n in sorted(pg["by_application_name"].items()))
-    conns = f"{listeners} sserelay-listener; {pg['total']} in all ({names})"
-    session.check("a: exactly one LISTEN connection for 10,000 streams", conns, listeners == 1)
+    for broker in session.brokers:
+        kind = SSERELAY_KINDS[broker]
+        run = record(session, loadgen(session, "a", kind, f"a-{kind}-10k", args))
+        r = run.result
+        tag = f"a ({broker})"
+        if r is None:
+            session.check(f"{tag}: 10,000 streams held", run.error or "failed", False)
+            continue
+        conns_of = r["redis_connections"] if broker == "redis" else r["pg_connections"]
+        listeners = conns_of["by_application_name"].get("sserelay-listener", 0)
+        held = r["connected"] == 10000 and r["lost"] == 0
+        measured = f"{r['connected']} connected, lost {r['lost']}"
+        session.check(f"{tag}: 10,000 streams held", measured, held)
+        rss = r["server_rss_mb"]["peak"]
+        session.check(f"{tag}: peak RSS <= 150 MB", f"{rss} MB", rss <= 150)
+        # Only the listener subscribes; other connections (the log reader pool) are shown.
+        names = ", ".join(
+            f"{n} {name}" for name, n in sorted(conns_of["by_application_name"].items())
+        )
+        conns = f"{listeners} sserelay-listener; {conns_of['total']} in all ({names})"
+        check = f"{tag}: exactly one listening connection for 10,000 streams"
+        session.check(check, conns, listeners == 1)
 
 
 def scenario_b(session: Session) -> None:
@@ -299,17 +327,26 @@ def scenario_b(session: Session) -> None:
     session.say("\n== b: 5,000 streams, one channel, 10 events/s for 20 s")
     args = ["--clients", "5000", "--procs", "2", "--rate", "10", "--duration", "20"]
     args += ["--drain-timeout", "15", "--deadline", "240"]
-    run = record(session, loadgen(session, "b", "sserelay", "b-sserelay-5k", args))
-    record(session, loadgen(session, "b", "baseline", "b-baseline-5k", args))
-    r = run.result
-    if r is None:
-        session.check("b: 0 lost at 5,000 x 10/s", run.error or "failed", False)
-        return
-    counts = f"{r['delivered']} of {r['expected']}, lost {r['lost']}, dup {r['duplicated']}"
-    exact = r["lost"] == 0 and r["duplicated"] == 0 and r["connected"] == 5000
-    session.check("b: 0 lost at 5,000 x 10/s", counts, exact)
-    p99 = r["latency_ms"]["p99"]
-    session.check("b: p99 <= 100 ms", f"{p99} ms", p99 is not None and p99 <= 100)
+    runs = {
+        broker: record(
+            session,
+            loadgen(session, "b", SSERELAY_KINDS[broker], f"b-{SSERELAY_KINDS[broker]}-5k", args),
+        )
+        for broker in session.brokers
+    }
+    if "postgres" in session.brokers:
+        record(session, loadgen(session, "b", "baseline", "b-baseline-5k", args))
+    for broker, run in runs.items():
+        r = run.result
+        tag = f"b ({broker})"
+        if r is None:
+            session.check(f"{tag}: 0 lost at 5,000 x 10/s", run.error or "failed", False)
+            continue
+        counts = f"{r['delivered']} of {r['expected']}, lost {r['lost']}, dup {r['duplicated']}"
+        exact = r["lost"] == 0 and r["duplicated"] == 0 and r["connected"] == 5000
+        session.check(f"{tag}: 0 lost at 5,000 x 10/s", counts, exact)
+        p99 = r["latency_ms"]["p99"]
+        session.check(f"{tag}: p99 <= 100 ms", f"{p99} ms", p99 is not None and p99 <= 100)
 
 
 def scenario_c(session: Session, repeats: int) -> None:
@@ -317,17 +354,27 @@ def scenario_c(session: Session, repeats: int) -> None:
     session.say(f"\n== c: unthrottled fan-out to 2,000 streams, {repeats} rounds each")
     args = ["--clients", "2000", "--procs", "1", "--count", "600"]
     args += ["--drain-timeout", "60", "--deadline", "240"]
-    rates: dict[str, list[float]] = {"sserelay": [], "baseline": []}
-    cpu: dict[str, list[float]] = {"sserelay": [], "baseline": []}
+    kinds = ["baseline", *(SSERELAY_KINDS[b] for b in session.brokers)]
+    rates: dict[str, list[float]] = {k: [] for k in kinds}
+    cpu: dict[str, list[float]] = {k: [] for k in kinds}
     for i in range(repeats):
-        order = ("baseline", "sserelay") if i % 2 == 0 else ("sserelay", "baseline")
+        order = kinds if i % 2 == 0 else kinds[::-1]
         for kind in order:
             run = record(session, loadgen(session, "c", kind, f"c-{kind}-2k-{i + 1}", args))
             if run.result is not None:
                 rates[kind].append(run.result["deliveries_per_s"])
                 cpu[kind].append(run.result["server_cpu_us_per_delivery"])
-    if not rates["sserelay"] or not rates["baseline"]:
-        session.check("c: >= 80% of baseline deliveries/s", "runs failed", False)
+    if rates.get("sserelay-redis"):
+        ours = statistics.median(rates["sserelay-redis"])
+        us = statistics.median(cpu["sserelay-redis"])
+        measured = f"{ours:,.0f} deliveries/s, {us:.2f} us/delivery (medians of {repeats})"
+        if rates.get("sserelay"):
+            pg = statistics.median(rates["sserelay"])
+            measured += f"; {ours / pg:.0%} of sserelay on PostgreSQL ({pg:,.0f}/s)"
+        session.check("c (redis): sserelay on Redis", measured, None)
+    if not rates.get("sserelay") or not rates["baseline"]:
+        if "postgres" in session.brokers:
+            session.check("c: >= 80% of baseline deliveries/s", "runs failed", False)
         return
     ours, base = statistics.median(rates["sserelay"]), statistics.median(rates["baseline"])
     ratio = ours / base
@@ -434,11 +481,11 @@ COLUMNS = (
     "p50 ms",
     "p99 ms",
     "max ms",
-    "PG alone p99 ms",
+    "bus alone p99 ms",
     "peak RSS MB",
     "server CPU",
     "server us/delivery",
-    "PG conns",
+    "bus conns",
     "client CPU",
     "other CPU",
 )
@@ -461,7 +508,7 @@ def row(r: dict[str, Any]) -> list[str]:
         str(r["server_rss_mb"]["peak"]),
         f"{r['server_cpu_share']:.0%}",
         str(r["server_cpu_us_per_delivery"]),
-        str(r["pg_connections"].get("total")),
+        str((r.get("redis_connections") or r["pg_connections"]).get("total")),
         f"{r['client_cpu_share_max']:.0%}" + (" SAT" if r["client_saturated"] else ""),
         f"{r['other_cpu_cores']:.2f} cores",
     ]
@@ -516,6 +563,12 @@ def main() -> int:
     parser.add_argument("--dsn", default=os.environ.get("SSERELAY_BENCH_DSN", DSN))
     parser.add_argument("--profile", action="store_true", help="py-spy each relay/baseline")
     parser.add_argument(
+        "--brokers",
+        default="postgres,redis",
+        help="buses to run sserelay on in a, b and c: postgres, redis or both (comma-separated)",
+    )
+    parser.add_argument("--redis", default=os.environ.get("SSERELAY_BENCH_REDIS", REDIS))
+    parser.add_argument(
         "--quiet-wait",
         type=float,
         default=60.0,
@@ -526,7 +579,18 @@ def main() -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = BENCH / "results" / stamp
     out.mkdir(parents=True, exist_ok=True)
-    session = Session(out=out, dsn=args.dsn, profile=args.profile, quiet_wait=args.quiet_wait)
+    brokers = tuple(b.strip() for b in args.brokers.split(",") if b.strip())
+    if not set(brokers) <= set(SSERELAY_KINDS):
+        parser.error(f"--brokers takes postgres and/or redis, not {args.brokers!r}")
+    session = Session(
+        out=out,
+        dsn=args.dsn,
+        profile=args.profile,
+        quiet_wait=args.quiet_wait,
+        redis=args.redis,
+        redis_prefix=f"sserelay-bench-{os.getpid()}-{time.time_ns() % 10**6}:",
+        brokers=brokers,
+    )
     if args.profile:
         session.profile = ensure_venv(session, TOOLS_VENV, "py-spy", ["py-spy"])
     started = time.time()

@@ -6,14 +6,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+import redis
+import redis.asyncio
 
+from sserelay import redis_log
+from sserelay.durable import apublish_durable, prune
 from sserelay.relay import Relay
-from sserelay.testing import running_relay, temporary_database
+from sserelay.testing import notify, running_relay, temporary_database
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +55,191 @@ def module_dsn(dsn: str) -> Iterator[str]:
     the same server (CI, a colleague, a benchmark) cannot send events to its streams."""
     with temporary_database(dsn) as db:
         yield db
+
+
+# -- the bus: PostgreSQL or Redis ------------------------------------------------------------
+#
+# Tests that take ``bus`` (live events) or ``durable_bus`` (durable channels) run once per
+# broker: the same behavioural suite, parametrised. A test marked ``postgres_only`` in such
+# a module is not collected for Redis. Redis is ``SSERELAY_TEST_REDIS`` (set by .ci/run);
+# without it the Redis cases are skipped. Every Redis bus has a key and channel prefix of
+# its own (pub/sub is global to the server), deleted after the test: never a FLUSH.
+
+BROKERS = ["postgres", "redis"]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("SSERELAY_TEST_REDIS")
+    if not url:
+        pytest.skip("SSERELAY_TEST_REDIS is not set: no Redis to test against")
+    return url
+
+
+class PostgresBus:
+    """The PostgreSQL side of a parametrised test."""
+
+    kind = "postgres"
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    def relay(self, **settings: Any) -> contextlib.AbstractAsyncContextManager[Relay]:
+        return running_relay(self.dsn, **settings)
+
+    def settings(self) -> dict[str, Any]:
+        return {"dsn": self.dsn}
+
+    def cli_args(self) -> list[str]:
+        return ["--dsn", self.dsn]
+
+    async def notify(self, channel: str, payload: str) -> None:
+        await notify(self.dsn, channel, payload)
+
+    @contextlib.asynccontextmanager
+    async def notifier(self) -> AsyncIterator[Callable[[str, str], Awaitable[None]]]:
+        """A fast raw ``notify(channel, payload)`` on one connection."""
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+
+            async def send(channel: str, payload: str) -> None:
+                await conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+            yield send
+
+    @contextlib.asynccontextmanager
+    async def publisher(self) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+        """A durable ``publish(channel, data, event=None) -> SSE id`` on one connection."""
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+
+            async def send(channel: str, data: Any, event: str | None = None) -> str:
+                return str(await apublish_durable(conn, channel, data, event=event))
+
+            yield send
+
+    async def publish(self, channel: str, data: Any, event: str | None = None) -> str:
+        async with self.publisher() as send:
+            return await send(channel, data, event)
+
+    async def kill_listener(self, relay: Relay) -> None:
+        """End the relay's listening connection from the server side."""
+        pid = relay.listener._conn.pgconn.backend_pid  # type: ignore[union-attr]
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            await conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    async def trim(self, channel: str, keep: int) -> None:
+        """Retention: keep the newest ``keep`` events of ``channel``."""
+        await asyncio.to_thread(prune, self.dsn, max_count=keep)
+
+
+class RedisBus:
+    """The Redis side of a parametrised test: a prefix of its own on the test server."""
+
+    kind = "redis"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.prefix = f"sserelay-test-{uuid.uuid4().hex[:10]}:"
+
+    # A module's bus outlives each test's event loop: async clients are made per call.
+
+    @contextlib.asynccontextmanager
+    async def client(self) -> AsyncIterator[redis.asyncio.Redis]:
+        client = redis.asyncio.Redis.from_url(self.url)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+    def relay(self, **settings: Any) -> contextlib.AbstractAsyncContextManager[Relay]:
+        return running_relay(None, **self.settings(), **settings)
+
+    def settings(self) -> dict[str, Any]:
+        return {"redis_url": self.url, "redis_prefix": self.prefix}
+
+    def cli_args(self) -> list[str]:
+        return ["--redis", self.url]
+
+    async def notify(self, channel: str, payload: str) -> None:
+        async with self.client() as client:
+            await client.publish(self.prefix + channel, payload)
+
+    @contextlib.asynccontextmanager
+    async def notifier(self) -> AsyncIterator[Callable[[str, str], Awaitable[None]]]:
+        async with self.client() as client:
+
+            async def send(channel: str, payload: str) -> None:
+                await client.publish(self.prefix + channel, payload)
+
+            yield send
+
+    @contextlib.asynccontextmanager
+    async def publisher(self) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+        bus = redis_log.RedisBus(self.url, prefix=self.prefix)
+        try:
+
+            async def send(channel: str, data: Any, event: str | None = None) -> str:
+                return str(await bus.apublish(channel, data, event=event))
+
+            yield send
+        finally:
+            await bus.aclose()
+
+    async def publish(self, channel: str, data: Any, event: str | None = None) -> str:
+        async with self.publisher() as send:
+            return await send(channel, data, event)
+
+    async def kill_listener(self, relay: Relay) -> None:
+        client_id = relay.listener.client_id  # type: ignore[union-attr]
+        assert client_id is not None
+        async with self.client() as client:
+            await client.execute_command("CLIENT", "KILL", "ID", client_id)
+
+    async def trim(self, channel: str, keep: int) -> None:
+        key = redis_log.stream_key(self.prefix, channel)
+        async with self.client() as client:
+            await client.xtrim(key, maxlen=keep, approximate=False)
+
+    def close(self) -> None:
+        """Delete every key of this bus (its streams)."""
+        with redis.Redis.from_url(self.url) as client:
+            for key in client.scan_iter(match=self.prefix + "*", count=500):
+                client.delete(key)
+
+
+@pytest.fixture(scope="module", params=BROKERS)
+def bus(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Live events on either broker (PostgreSQL: the ``dsn`` fixture, which a module may
+    point at a database of its own)."""
+    yield from _bus(request, "dsn")
+
+
+@pytest.fixture(params=BROKERS)
+def durable_bus(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Durable channels on either broker (PostgreSQL: a migrated database of the test's own)."""
+    yield from _bus(request, "durable_dsn")
+
+
+def _bus(request: pytest.FixtureRequest, pg_fixture: str) -> Iterator[Any]:
+    if request.param == "redis":
+        made = RedisBus(request.getfixturevalue("redis_url"))
+        try:
+            yield made
+        finally:
+            made.close()
+        return
+    yield PostgresBus(request.getfixturevalue(pg_fixture))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """PostgreSQL-only tests of a parametrised module are not run for Redis."""
+    keep, drop = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        broker = params.params.get("bus", params.params.get("durable_bus")) if params else None
+        if broker == "redis" and item.get_closest_marker("postgres_only"):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

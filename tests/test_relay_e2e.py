@@ -1,4 +1,7 @@
-"""End to end through real sockets and a real PostgreSQL: what a client of the relay sees.
+"""End to end through real sockets and a real broker: what a client of the relay sees.
+
+Every test that takes ``bus`` runs against PostgreSQL and against Redis (see conftest):
+the same behaviour on both; ``postgres_only`` tests exercise PostgreSQL's own features.
 
 Every stream is read by the raw :class:`~sserelay.testing.SseClient`; every wait is on
 a readiness signal (``: ready``, an event, a polled condition with a deadline), never a sleep.
@@ -12,6 +15,7 @@ import json
 import re
 import socket
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 from urllib.parse import quote
 
 import psycopg
@@ -23,9 +27,7 @@ from sserelay.relay import Relay
 from sserelay.testing import (
     SseClient,
     SseMessage,
-    notify,
     raw_request,
-    running_relay,
     showing_frames,
     wait_until,
 )
@@ -38,6 +40,12 @@ HOST = "127.0.0.1"
 @pytest.fixture(scope="module")
 def dsn(module_dsn: str) -> str:
     return module_dsn  # isolated: see conftest.module_dsn
+
+
+@pytest.fixture
+async def relay(bus: Any) -> AsyncIterator[Relay]:
+    async with bus.relay(heartbeat=30.0) as relay:
+        yield relay
 
 
 async def stream(relay: Relay, path: str, **headers: str) -> SseClient:
@@ -83,6 +91,7 @@ async def get(
 # -- delivery ----------------------------------------------------------------------------
 
 
+@pytest.mark.postgres_only
 async def test_sql_notify_statement_reaches_stream(relay: Relay, dsn: str, clients: list) -> None:
     client = await open_ready(relay, clients, "/events/lobby")
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
@@ -92,6 +101,7 @@ async def test_sql_notify_statement_reaches_stream(relay: Relay, dsn: str, clien
     assert (event.event, event.data, event.id) == ("message", "it's 5 o'clock", None)
 
 
+@pytest.mark.postgres_only
 async def test_notifications_arrive_in_commit_order(relay: Relay, dsn: str, clients: list) -> None:
     client = await open_ready(relay, clients, "/events/ordered")
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
@@ -141,10 +151,10 @@ ENVELOPES = [
 
 @pytest.mark.parametrize(("payload", "expected"), ENVELOPES, ids=[p for p, _ in ENVELOPES])
 async def test_json_payload_mapping(
-    relay: Relay, dsn: str, clients: list, payload: str, expected: tuple[object, ...]
+    relay: Relay, bus: Any, clients: list, payload: str, expected: tuple[object, ...]
 ) -> None:
     client = await open_ready(relay, clients, "/events/envelope")
-    await notify(dsn, "envelope", payload)
+    await bus.notify("envelope", payload)
     with showing_frames(client):
         event = await client.next_event()
     assert (event.event, event.data, event.id, event.retry) == expected, client.seen
@@ -165,13 +175,13 @@ INJECTIONS = [
 
 @pytest.mark.parametrize("payload", INJECTIONS, ids=[repr(p) for p in INJECTIONS])
 async def test_multiline_data_is_split_and_cannot_inject(
-    relay: Relay, dsn: str, clients: list, payload: str
+    relay: Relay, bus: Any, clients: list, payload: str
 ) -> None:
     client = await open_ready(relay, clients, "/events/lines")
-    await notify(dsn, "lines", payload)
+    await bus.notify("lines", payload)
     # The same text as the data of an envelope must be split the same way.
-    await notify(dsn, "lines", json.dumps({"data": payload}))
-    await notify(dsn, "lines", "end")
+    await bus.notify("lines", json.dumps({"data": payload}))
+    await bus.notify("lines", "end")
     got = await events_until(client, "end")
     lines = re.split(r"\r\n|\r|\n", payload)
     assert len(got) == 2, client.seen
@@ -180,22 +190,22 @@ async def test_multiline_data_is_split_and_cannot_inject(
         assert event.data.split("\n") == lines, client.seen
 
 
-async def test_multi_channel_stream_by_query(relay: Relay, dsn: str, clients: list) -> None:
+async def test_multi_channel_stream_by_query(relay: Relay, bus: Any, clients: list) -> None:
     client = await open_ready(relay, clients, "/events?channel=red&channel=blue&channel=red")
     assert sorted(relay.hub.channels()) == ["blue", "red"]
-    await notify(dsn, "red", "r1")
-    await notify(dsn, "green", "not subscribed")
-    await notify(dsn, "blue", "b1")
-    await notify(dsn, "red", "end")
+    await bus.notify("red", "r1")
+    await bus.notify("green", "not subscribed")
+    await bus.notify("blue", "b1")
+    await bus.notify("red", "end")
     got = await events_until(client, "end")
     # A channel asked for twice is one subscription: each event arrives once.
     assert [e.data for e in got] == ["r1", "b1"], client.seen
 
 
 @pytest.mark.parametrize("path", ["/events/single", "/single", "/events?channel=single"])
-async def test_single_channel_routes(relay: Relay, dsn: str, clients: list, path: str) -> None:
+async def test_single_channel_routes(relay: Relay, bus: Any, clients: list, path: str) -> None:
     client = await open_ready(relay, clients, path)
-    await notify(dsn, "single", "hello")
+    await bus.notify("single", "hello")
     with showing_frames(client):
         assert (await client.next_event()).data == "hello"
 
@@ -218,18 +228,19 @@ CHANNEL_NAMES = [
 
 @pytest.mark.parametrize(("name", "path"), CHANNEL_NAMES, ids=[p for _, p in CHANNEL_NAMES])
 async def test_channel_names_are_used_exactly(
-    relay: Relay, dsn: str, clients: list, name: str, path: str
+    relay: Relay, bus: Any, clients: list, name: str, path: str
 ) -> None:
     client = await open_ready(relay, clients, path)
     assert relay.hub.channels() == [name]
     assert name in relay.listener._active
     if name != name.lower():
-        await notify(dsn, name.lower(), "other channel")  # names are case-sensitive
-    await notify(dsn, name, "exact")
+        await bus.notify(name.lower(), "other channel")  # names are case-sensitive
+    await bus.notify(name, "exact")
     with showing_frames(client):
         assert (await client.next_event()).data == "exact"
 
 
+@pytest.mark.postgres_only
 async def test_unquoted_sql_notify_folds_case(relay: Relay, dsn: str, clients: list) -> None:
     """``NOTIFY MixedCase`` reaches ``mixedcase``; ``NOTIFY "MixedCase"`` the exact name."""
     lower = await open_ready(relay, clients, "/events/mixedcase")
@@ -263,7 +274,7 @@ async def test_stream_headers_and_retry_hint_first(relay: Relay, clients: list) 
         await client.wait_ready()
 
 
-async def test_http10_client_gets_unchunked_stream(relay: Relay, dsn: str) -> None:
+async def test_http10_client_gets_unchunked_stream(relay: Relay, bus: Any) -> None:
     request = b"GET /events/old HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n"
     client = await SseClient.open_raw(HOST, relay.port, request)
     try:
@@ -273,19 +284,19 @@ async def test_http10_client_gets_unchunked_stream(relay: Relay, dsn: str) -> No
             assert client.headers["connection"].lower() == "close"
             assert not client.chunked
             await client.wait_ready()
-            await notify(dsn, "old", "over 1.0")
+            await bus.notify("old", "over 1.0")
             assert (await client.next_event()).data == "over 1.0"
         assert client.seen[0].retry is not None, client.seen
     finally:
         await client.close()
 
 
-async def test_raw_http10_bytes_have_no_chunk_framing(relay: Relay, dsn: str) -> None:
+async def test_raw_http10_bytes_have_no_chunk_framing(relay: Relay, bus: Any) -> None:
     client = await SseClient.open_raw(HOST, relay.port, b"GET /events/bare HTTP/1.0\r\n\r\n")
     try:
         with showing_frames(client):
             await client.wait_ready()
-            await notify(dsn, "bare", "x")
+            await bus.notify("bare", "x")
             raw = b""
             while b"data: x\n\n" not in raw:
                 raw += await client.reader.read(1024)
@@ -300,16 +311,16 @@ APP = "https://app.example.com"
 
 
 @pytest.fixture
-async def cors_relay(dsn: str) -> AsyncIterator[Relay]:
-    async with running_relay(dsn, heartbeat=30.0, allowed_origins=(APP,)) as relay:
+async def cors_relay(bus: Any) -> AsyncIterator[Relay]:
+    async with bus.relay(heartbeat=30.0, allowed_origins=(APP,)) as relay:
         yield relay
 
 
-async def test_cors_allowed_origin_on_stream(cors_relay: Relay, dsn: str, clients: list) -> None:
+async def test_cors_allowed_origin_on_stream(cors_relay: Relay, bus: Any, clients: list) -> None:
     client = await open_ready(cors_relay, clients, "/events/cors", Origin=APP)
     assert client.headers["access-control-allow-origin"] == APP
     assert "origin" in client.headers["vary"].lower()
-    await notify(dsn, "cors", "shared")
+    await bus.notify("cors", "shared")
     with showing_frames(client):
         assert (await client.next_event()).data == "shared"
 
@@ -345,8 +356,8 @@ async def test_cors_error_reason_is_readable_cross_origin(cors_relay: Relay) -> 
     assert "NUL" in json.loads(body)["error"]
 
 
-async def test_cors_wildcard(dsn: str, clients: list) -> None:
-    async with running_relay(dsn, heartbeat=30.0, allowed_origins=("*",)) as relay:
+async def test_cors_wildcard(bus: Any, clients: list) -> None:
+    async with bus.relay(heartbeat=30.0, allowed_origins=("*",)) as relay:
         client = await open_ready(relay, clients, "/events/any", Origin="https://who.ever")
         assert client.headers["access-control-allow-origin"] == "*"
         assert "access-control-allow-credentials" not in client.headers
@@ -378,11 +389,11 @@ async def test_healthz(relay: Relay, clients: list) -> None:
     assert health["channels"] >= 1
 
 
-async def test_metrics(relay: Relay, dsn: str, clients: list) -> None:
+async def test_metrics(relay: Relay, bus: Any, clients: list) -> None:
     a = await open_ready(relay, clients, "/events/m1")
     await open_ready(relay, clients, "/events?channel=m1&channel=m2")
-    await notify(dsn, "m1", "one")
-    await notify(dsn, "m2", "two")
+    await bus.notify("m1", "one")
+    await bus.notify("m2", "two")
     with showing_frames(a):
         assert (await a.next_event()).data == "one"
     await wait_until(lambda: relay.hub.deliveries == 3, message=lambda: str(relay.hub.deliveries))
@@ -427,8 +438,8 @@ async def raw_stream_socket(relay: Relay, path: str) -> socket.socket:
     return sock
 
 
-async def test_slow_client_is_dropped_and_others_keep_every_event(dsn: str, clients: list) -> None:
-    async with running_relay(dsn, heartbeat=30.0, max_client_buffer=32 * 1024) as relay:
+async def test_slow_client_is_dropped_and_others_keep_every_event(bus: Any, clients: list) -> None:
+    async with bus.relay(heartbeat=30.0, max_client_buffer=32 * 1024) as relay:
         fast = await open_ready(relay, clients, "/events/firehose")
         slow = await raw_stream_socket(relay, "/events/firehose")
         try:
@@ -437,13 +448,13 @@ async def test_slow_client_is_dropped_and_others_keep_every_event(dsn: str, clie
             filler = "x" * 7000
             sent = 0
             received: list[str] = []
-            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            async with bus.notifier() as send:
                 with showing_frames(fast):
                     while relay.hub.slow_dropped == 0:
                         assert sent < 20_000, "the slow client was never dropped"
                         for _ in range(10):
                             payload = json.dumps({"id": sent, "data": f"{sent} {filler}"})
-                            await conn.execute("SELECT pg_notify('firehose', %s)", (payload,))
+                            await send("firehose", payload)
                             sent += 1
                         # The fast client reads everything so far before more is sent.
                         while len(received) < sent:
@@ -451,7 +462,7 @@ async def test_slow_client_is_dropped_and_others_keep_every_event(dsn: str, clie
                             assert event.data.startswith(f"{event.id} x"), event.data[:40]
                             received.append(event.id or "")
                         fast.seen.clear()  # keep a failure's output short
-                    await conn.execute("SELECT pg_notify('firehose', 'end')")
+                    await send("firehose", "end")
                     while (event := await fast.next_event()).data != "end":
                         received.append(event.id or "")
             assert received == [str(i) for i in range(sent)]

@@ -8,13 +8,14 @@ import json
 from sserelay.durable import LogEvent
 from sserelay.events import Event
 from sserelay.hub import Hub
-from sserelay.replay import CatchUp, ChannelState, Replay, parse_last_event_id
+from sserelay.replay import CatchUp, ChannelState, IntegerIds, Replay, parse_last_event_id
 
 NOW = datetime.datetime.now(datetime.UTC)
 
 
-class FakeLog:
-    """``oldest`` answers from before a prune; ``read_after`` from after it."""
+class FakeLog(IntegerIds):
+    """``oldest`` answers from before a prune; ``read_after`` from after it (PostgreSQL's
+    integer ids: the rest of the log interface is arithmetic)."""
 
     batch = 500
 

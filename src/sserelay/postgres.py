@@ -93,8 +93,16 @@ class PostgresListener:
     # -- Broker interface ------------------------------------------------------------
 
     def listen(self, channel: str) -> None:
+        if channel in self._active and channel not in self._wanted:
+            # Wanted again before its UNLISTEN went out: it never stopped, so no new
+            # LISTEN will confirm it. Say it is live (soon: not inside the caller).
+            asyncio.get_running_loop().call_soon(self._still_listening, channel)
         self._wanted.add(channel)
         self._wake.set()
+
+    def _still_listening(self, channel: str) -> None:
+        if channel in self._active and channel in self._wanted:
+            self._on_listening([channel])
 
     def unlisten(self, channel: str) -> None:
         self._wanted.discard(channel)

@@ -8,12 +8,18 @@ rolls back: that is how PostgreSQL's NOTIFY works.
 Where ``sserelay migrate`` has installed the schema, publishing is durable by
 default: the event goes through ``sserelay.publish`` into the log and gets an id
 (see :mod:`sserelay.durable`).
+
+Given a Redis URL (``redis://``, ``rediss://``, ``unix://``) or a
+:class:`sserelay.redis_log.RedisBus` instead of a PostgreSQL connection, the same calls
+publish on Redis: durable by default (into the channel's stream, returning the entry id),
+a plain ``PUBLISH`` with ``durable=False``.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import psycopg
 
@@ -26,15 +32,20 @@ from .durable import (
     prepare,
     publish_durable,
 )
-from .errors import InvalidEvent, PayloadTooLarge, PublishError
+from .errors import ConfigError, InvalidEvent, PayloadTooLarge, PublishError
+
+if TYPE_CHECKING:
+    from .redis_log import RedisBus
 
 #: PostgreSQL rejects NOTIFY payloads of 8000 bytes or more.
 MAX_PAYLOAD_BYTES = 7999
 
 NOTIFY_SQL = "SELECT pg_notify(%s, %s)"
 
-Connectable = str | psycopg.Connection[Any]
-AsyncConnectable = str | psycopg.AsyncConnection[Any]
+Connectable: TypeAlias = "str | psycopg.Connection[Any] | RedisBus"
+AsyncConnectable: TypeAlias = "str | psycopg.AsyncConnection[Any] | RedisBus"
+#: URL schemes that mean Redis rather than PostgreSQL (``unix://``: redis-py's socket form).
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def encode_payload(
@@ -43,8 +54,10 @@ def encode_payload(
     event: str | None = None,
     id: str | int | None = None,
     retry: int | None = None,
+    limit: int = MAX_PAYLOAD_BYTES,
 ) -> str:
-    """The NOTIFY payload for one event; raises if it cannot go on the wire."""
+    """The NOTIFY payload for one event; raises if it cannot go on the wire (or is over
+    ``limit`` bytes)."""
     envelope: dict[str, Any] = {"data": data}
     if event is not None:
         if not isinstance(event, str):
@@ -67,8 +80,8 @@ def encode_payload(
         size = len(payload.encode("utf-8"))
     except UnicodeEncodeError:
         raise InvalidEvent("event is not valid unicode (it has a lone surrogate)") from None
-    if size > MAX_PAYLOAD_BYTES:
-        raise PayloadTooLarge(size, MAX_PAYLOAD_BYTES)
+    if size > limit:
+        raise PayloadTooLarge(size, limit)
     if "\x00" in payload:
         raise InvalidEvent("payload may not contain NUL")
     return payload
@@ -83,16 +96,24 @@ def publish(
     id: str | int | None = None,
     retry: int | None = None,
     durable: bool | None = None,
-) -> int | None:
-    """Publish one event on ``channel`` through ``conn`` (a psycopg connection or a DSN).
+) -> int | str | None:
+    """Publish one event on ``channel`` through ``conn`` (a psycopg connection or a DSN;
+    or a Redis URL or :class:`~sserelay.redis_log.RedisBus`, see the module docstring).
 
     ``durable``: True appends it to the event log (see :mod:`sserelay.durable`) and
     returns its id; False sends a plain NOTIFY and returns None; None (the default)
     is durable when the database has the ``sserelay`` schema (asked once per
     connection), unless ``id`` or ``retry`` is given (the log has neither).
     """
-    durable = _durable_choice(durable, id, retry)
-    payload = _check(channel, data, event, id, retry, durable)
+    bus = _redis_bus(conn)
+    if bus is not None:
+        if bus is conn:
+            return bus.publish(channel, data, event=event, id=id, retry=retry, durable=durable)
+        with bus:
+            return bus.publish(channel, data, event=event, id=id, retry=retry, durable=durable)
+    conn = cast("str | psycopg.Connection[Any]", conn)
+    durable = durable_choice(durable, id, retry)
+    payload = check_publish(channel, data, event, id, retry, durable)
     if isinstance(conn, str):
         try:
             with psycopg.connect(conn, autocommit=True) as own:
@@ -120,10 +141,22 @@ async def apublish(
     id: str | int | None = None,
     retry: int | None = None,
     durable: bool | None = None,
-) -> int | None:
-    """Async twin of :func:`publish`, for a psycopg ``AsyncConnection`` or a DSN."""
-    durable = _durable_choice(durable, id, retry)
-    payload = _check(channel, data, event, id, retry, durable)
+) -> int | str | None:
+    """Async twin of :func:`publish`, for a psycopg ``AsyncConnection`` or a DSN (or a
+    Redis URL or :class:`~sserelay.redis_log.RedisBus`)."""
+    bus = _redis_bus(conn)
+    if bus is not None:
+        if bus is conn:
+            return await bus.apublish(
+                channel, data, event=event, id=id, retry=retry, durable=durable
+            )
+        async with bus:
+            return await bus.apublish(
+                channel, data, event=event, id=id, retry=retry, durable=durable
+            )
+    conn = cast("str | psycopg.AsyncConnection[Any]", conn)
+    durable = durable_choice(durable, id, retry)
+    payload = check_publish(channel, data, event, id, retry, durable)
     if isinstance(conn, str):
         try:
             async with await psycopg.AsyncConnection.connect(conn, autocommit=True) as own:
@@ -144,27 +177,47 @@ async def apublish(
     return None
 
 
-def _check(
+def check_publish(
     channel: str,
     data: Any,
     event: str | None,
     id: str | int | None,
     retry: int | None,
     durable: bool | None,
+    limit: int = MAX_PAYLOAD_BYTES,
 ) -> str | None:
-    """Refuse, before connecting, what cannot be sent; the NOTIFY payload if known."""
+    """Refuse, before connecting, what cannot be sent; the raw payload if known."""
     validate_channel(channel)
     if durable is False:
-        return encode_payload(data, event=event, id=id, retry=retry)
+        return encode_payload(data, event=event, id=id, retry=retry, limit=limit)
     # durable, or undecided until we ask the database: check what both paths need now.
     prepare(channel, data, event)
     return None
 
 
-def _durable_choice(durable: bool | None, id: object, retry: object) -> bool | None:
+def durable_choice(durable: bool | None, id: object, retry: object) -> bool | None:
     """``durable`` resolved as far as the arguments allow (None: ask the database)."""
     if id is None and retry is None:
         return durable
     if durable:
         raise InvalidEvent("a durable event gets its id from the log and cannot carry retry")
     return False
+
+
+def _redis_bus(conn: object) -> RedisBus | None:
+    """``conn`` as a :class:`~sserelay.redis_log.RedisBus` if it means Redis, else None."""
+    if isinstance(conn, str):
+        if not conn.startswith(REDIS_SCHEMES):
+            return None
+    else:
+        # Without the module loaded, nothing can be a RedisBus: no import for PostgreSQL.
+        module = sys.modules.get("sserelay.redis_log")
+        if module is None or not isinstance(conn, module.RedisBus):
+            return None
+    try:
+        from .redis_log import RedisBus
+    except ImportError as exc:
+        raise ConfigError(
+            f"publishing to Redis needs the redis package: pip install 'sserelay[redis]' ({exc})"
+        ) from None
+    return conn if isinstance(conn, RedisBus) else RedisBus(conn)

@@ -24,6 +24,11 @@ position and shared: a thousand clients reconnecting at the same id cost one que
 per batch. At most ``max_replay`` events are replayed per channel; a client further
 behind (or behind retention) first gets a ``missed`` event. ``?history=N`` asks for
 *up to* N events: it gets those that are left, without ``missed``.
+
+The same logic serves Redis (``sserelay.redis_log``): there a position is a stream entry
+id ``ms-seq`` (as the integer ``ms << 64 | seq``), and "the next event" is the one whose
+notification names the relay's position as its predecessor (``prev``) rather than
+``position + 1``. The log (:class:`~sserelay.broker.EventLog`) says which.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from .durable import LogEvent
 from .events import Event
 
 if TYPE_CHECKING:
+    from .broker import EventLog, LogRow
     from .hub import Hub, Subscriber
 
 log = logging.getLogger("sserelay.replay")
@@ -53,35 +59,20 @@ log = logging.getLogger("sserelay.replay")
 MISSED_EVENT = "missed"
 #: Largest id we accept in a Last-Event-ID (PostgreSQL bigint).
 MAX_ID = 2**63 - 1
+#: Largest part of a Redis stream entry id ``ms-seq`` (unsigned 64 bits each).
+MAX_PART = 2**64 - 1
 
 T = TypeVar("T")
 
 
-class LogReader:
-    """Reads the event log for one relay: a small pool, shared and bounded reads."""
+class SharedReads:
+    """Identical reads in flight are run once: a reconnect wave costs one read per batch."""
 
-    def __init__(self, dsn: str, *, batch: int = 500, max_connections: int = 4) -> None:
-        self.batch = batch
-        self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            dsn,
-            min_size=0,
-            max_size=max_connections,
-            max_idle=60,
-            # After an outage the pool may hold dead connections: test each one lent out.
-            check=AsyncConnectionPool.check_connection,
-            open=False,
-            kwargs={"autocommit": True, "application_name": "sserelay-reader"},
-            name="sserelay-reader",
-        )
+    def __init__(self) -> None:
         self._inflight: dict[tuple[Any, ...], asyncio.Future[Any]] = {}
+        #: Reads sent, and reads answered by one already in flight.
         self.queries = 0
         self.shared = 0
-
-    async def open(self) -> None:
-        await self.pool.open(wait=False)
-
-    async def close(self) -> None:
-        await self.pool.close(timeout=2)
 
     async def _shared(self, key: tuple[Any, ...], run: Callable[[], Awaitable[T]]) -> T:
         """Run ``run`` once for every concurrent caller with the same ``key``."""
@@ -104,6 +95,64 @@ class LogReader:
             return value
         finally:
             del self._inflight[key]
+
+
+class IntegerIds:
+    """PostgreSQL's positions: ids 1, 2, 3, ... with no gap, so arithmetic answers what
+    Redis has to read (``oldest`` is the one read it needs)."""
+
+    async def oldest(self, channel: str) -> int | None:
+        raise NotImplementedError
+
+    async def gap_after(self, channel: str, after: int, live: int) -> int | None:
+        # Ids are contiguous: events after `after` are gone iff the oldest left is further.
+        oldest = await self.oldest(channel)
+        if oldest is None or oldest > after + 1:
+            return live if oldest is None else oldest - 1
+        return None
+
+    async def back(self, channel: str, live: int, n: int, floor: int) -> int:
+        return max(live - n, floor)
+
+    def previous(self, row: LogRow) -> int:
+        return row.id - 1
+
+    def notified(self, obj: dict[str, Any]) -> tuple[int, int] | None:
+        seq = obj.get("seq")
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            return None
+        return seq, seq - 1
+
+    def format_id(self, position: int) -> str:
+        return str(position)
+
+
+class LogReader(IntegerIds, SharedReads):
+    """Reads the PostgreSQL event log for one relay: a small pool, shared and bounded reads.
+
+    The :class:`~sserelay.broker.EventLog` for PostgreSQL: positions are the log's ids.
+    """
+
+    def __init__(self, dsn: str, *, batch: int = 500, max_connections: int = 4) -> None:
+        super().__init__()
+        self.batch = batch
+        self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            dsn,
+            min_size=0,
+            max_size=max_connections,
+            max_idle=60,
+            # After an outage the pool may hold dead connections: test each one lent out.
+            check=AsyncConnectionPool.check_connection,
+            open=False,
+            kwargs={"autocommit": True, "application_name": "sserelay-reader"},
+            name="sserelay-reader",
+        )
+
+    async def open(self) -> None:
+        await self.pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self.pool.close(timeout=2)
 
     async def _query(self, call: Callable[[Any], Awaitable[T]]) -> T:
         async with self.pool.connection(timeout=10) as conn:
@@ -147,6 +196,21 @@ class LogReader:
             return await self._query(ask)
         return await self._shared(("after", channel, after), lambda: self._query(ask))
 
+    async def publish(
+        self,
+        channel: str,
+        data: Any,
+        *,
+        event: str | None = None,
+        id: str | int | None = None,
+        timeout: float = 5.0,
+    ) -> int | str | None:
+        """:func:`sserelay.apublish` on a connection from the pool (``POST /publish``)."""
+        from .publish import apublish
+
+        async with self.pool.connection(timeout=timeout) as conn:
+            return await apublish(conn, channel, data, event=event, id=id)
+
 
 @dataclass
 class ChannelState:
@@ -154,8 +218,8 @@ class ChannelState:
 
     #: Id of the last event delivered live; None until the head was read.
     position: int | None = None
-    #: Notifications waiting behind a head read or a fill: (seq, payload object).
-    queue: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    #: Notifications waiting behind a head read or a fill: (seq, prev, payload object).
+    queue: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
     filling: bool = False
     #: A fill was asked for while one ran (LISTEN took effect again): it must read once more.
     again: bool = False
@@ -174,8 +238,9 @@ class CatchUp:
 def parse_last_event_id(raw: str | None, channels: tuple[str, ...]) -> dict[str, int] | None:
     """Per-channel positions from a ``Last-Event-ID``; None if absent; ValueError if malformed.
 
-    One channel: the id itself (``42``). Several: positions in the order of the sorted
-    channel names, joined with ``.`` (``42.0.17``), as :func:`composite_id` writes them.
+    One channel: the id itself (``42``, or a Redis stream entry id ``1718000000000-3``).
+    Several: positions in the order of the sorted channel names, joined with ``.``
+    (``42.0.17``), as :func:`composite_id` writes them.
     """
     if raw is None or raw == "":
         return None
@@ -185,13 +250,27 @@ def parse_last_event_id(raw: str | None, channels: tuple[str, ...]) -> dict[str,
         raise ValueError(f"expected {len(ordered)} position(s), got {len(parts)}")
     positions = {}
     for channel, part in zip(ordered, parts, strict=True):
-        if not part.isascii() or not part.isdigit():
-            raise ValueError(f"position {part[:40]!r} is not a non-negative integer")
-        value = int(part)
-        if value > MAX_ID:
-            raise ValueError("position out of range")
-        positions[channel] = value
+        positions[channel] = parse_position(part)
     return positions
+
+
+def parse_position(part: str) -> int:
+    """A position from its text: ``42`` (PostgreSQL) or ``ms-seq`` (a Redis stream entry id,
+    as ``ms << 64 | seq``); ValueError if it is neither."""
+    ms, dash, seq = part.partition("-")
+    if dash:
+        if not (ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()):
+            raise ValueError(f"position {part[:40]!r} is not a stream entry id ms-seq")
+        high, low = int(ms), int(seq)
+        if high > MAX_PART or low > MAX_PART:
+            raise ValueError("position out of range")
+        return high << 64 | low
+    if not part.isascii() or not part.isdigit():
+        raise ValueError(f"position {part[:40]!r} is not a non-negative integer")
+    value = int(part)
+    if value > MAX_ID:
+        raise ValueError("position out of range")
+    return value
 
 
 def catch_up_request(
@@ -228,7 +307,7 @@ def composite_id(positions: Iterable[int]) -> str:
     return ".".join(str(p) for p in positions)
 
 
-def missed_event(channel: str, after: int, resumed_at: int, reason: str) -> Event:
+def missed_event(channel: str, after: int | str, resumed_at: int | str, reason: str) -> Event:
     data = json.dumps(
         {"channel": channel, "after": after, "resumed_at": resumed_at, "reason": reason}
     )
@@ -238,7 +317,7 @@ def missed_event(channel: str, after: int, resumed_at: int, reason: str) -> Even
 class Replay:
     """The durable-channel logic of one hub (see the module docstring)."""
 
-    def __init__(self, hub: Hub, reader: LogReader, *, max_replay: int = 10_000) -> None:
+    def __init__(self, hub: Hub, reader: EventLog, *, max_replay: int = 10_000) -> None:
         self.hub = hub
         self.reader = reader
         self.max_replay = max_replay
@@ -263,6 +342,10 @@ class Replay:
         state = self.states.get(channel)
         return (state.position or 0) if state is not None else 0
 
+    def format_id(self, position: int) -> str:
+        """The SSE ``id:`` text of a position (its log's spelling)."""
+        return self.reader.format_id(position)
+
     def is_ready(self, channel: str) -> bool:
         if self.enabled is False:
             return True
@@ -283,40 +366,55 @@ class Replay:
             return False  # no log here: a {"seq": ...} payload is just data
         try:
             obj = json.loads(payload)
-            seq = obj["seq"]
-        except (ValueError, KeyError, TypeError, RecursionError):
+        except (ValueError, RecursionError):
             return False
-        if not isinstance(obj, dict) or isinstance(seq, bool) or not isinstance(seq, int):
+        found = self.reader.notified(obj) if isinstance(obj, dict) else None
+        if found is None:
             return False
+        seq, prev = found
         state = self.states.get(channel)
         if state is None:
             return True  # nobody listens any more
         if state.position is None or state.filling:
-            state.queue.append((seq, obj))
+            state.queue.append((seq, prev, obj))
             return True
-        if not self._advance(channel, state, seq, obj):
-            state.queue.append((seq, obj))
+        if not self._advance(channel, state, seq, prev, obj):
+            state.queue.append((seq, prev, obj))
             self._spawn(self._fill(channel, state), f"sserelay-fill-{channel}")
         return True
 
-    def _advance(self, channel: str, state: ChannelState, seq: int, obj: dict[str, Any]) -> bool:
-        """Deliver ``seq`` if it is next; True if handled (delivered or duplicate)."""
+    def _advance(
+        self, channel: str, state: ChannelState, seq: int, prev: int, obj: dict[str, Any]
+    ) -> bool:
+        """Deliver ``seq`` if it is next (``prev`` is the position); True if handled
+        (delivered or duplicate)."""
         assert state.position is not None
         if seq <= state.position:
             return True
-        if seq != state.position + 1 or obj.get("large") or not isinstance(obj.get("data"), str):
+        if prev != state.position or obj.get("large") or not isinstance(obj.get("data"), str):
             return False
         event = obj.get("event")
         state.position = seq
         self.hub.publish_event(
-            Event(channel, obj["data"], event=event if isinstance(event, str) else None, seq=seq)
+            Event(
+                channel,
+                obj["data"],
+                event=event if isinstance(event, str) else None,
+                id=self.reader.format_id(seq),
+                seq=seq,
+            )
         )
         return True
 
-    def _deliver_row(self, channel: str, state: ChannelState, row: LogEvent) -> None:
+    def _event(self, channel: str, row: LogRow) -> Event:
+        return Event(
+            channel, row.data, event=row.event, id=self.reader.format_id(row.id), seq=row.id
+        )
+
+    def _deliver_row(self, channel: str, state: ChannelState, row: LogRow) -> None:
         state.position = row.id
         self.filled += 1
-        self.hub.publish_event(Event(channel, row.data, event=row.event, seq=row.id))
+        self.hub.publish_event(self._event(channel, row))
 
     async def _fill(self, channel: str, state: ChannelState) -> None:
         """Bring ``channel`` up to date from the log, then drain the waiting notifications."""
@@ -377,8 +475,8 @@ class Replay:
         """Deliver queued notifications in order; False if a gap remains (read again)."""
         queue = sorted(state.queue, key=lambda item: item[0])
         state.queue = []
-        for index, (seq, obj) in enumerate(queue):
-            if not self._advance(channel, state, seq, obj):
+        for index, (seq, prev, obj) in enumerate(queue):
+            if not self._advance(channel, state, seq, prev, obj):
                 state.queue = queue[index:]
                 return False
         return True
@@ -392,15 +490,15 @@ class Replay:
         waiting = [item for item in state.queue if item[0] > position]
         if not waiting:
             return
-        seq, obj = min(waiting, key=lambda item: item[0])
+        seq, prev, obj = min(waiting, key=lambda item: item[0])
         log.warning(
-            "%r: the log has nothing after %d, yet seq %d came; skipping to it",
+            "%r: the log has nothing after %s, yet seq %s came; skipping to it",
             channel,
-            position,
-            seq,
+            self.reader.format_id(position),
+            self.reader.format_id(seq),
         )
-        state.position = seq - 1
-        if not self._advance(channel, state, seq, obj):
+        state.position = prev
+        if not self._advance(channel, state, seq, prev, obj):
             state.position = seq  # its body was only in the log, and is gone too
 
     async def _retry(
@@ -436,7 +534,7 @@ class Replay:
                 return
             # The stream's own positions: where it starts, advanced as rows are written.
             vector = {
-                channel: self._start_position(channel, self.states[channel], request)
+                channel: await self._start_position(channel, self.states[channel], request)
                 for channel in sorted(sub.channels)
             }
             for channel in vector:
@@ -451,21 +549,26 @@ class Replay:
         except _Gone:
             return
 
-    def _start_position(self, channel: str, state: ChannelState, request: CatchUp) -> int:
+    async def _start_position(self, channel: str, state: ChannelState, request: CatchUp) -> int:
         live = state.position or 0
         if request.positions is not None:
             start = request.positions[channel]
             if start > live:
                 log.info(
-                    "Last-Event-ID position %d on %r is ahead of the log (%d): from now",
-                    start,
+                    "Last-Event-ID position %s on %r is ahead of the log (%s): from now",
+                    self.reader.format_id(start),
                     channel,
-                    live,
+                    self.reader.format_id(live),
                 )
                 return live
             return start
         if request.history is not None:
-            return max(live - request.history, 0)
+            history = request.history
+            if history == 0 or live == 0:
+                return live
+            return await self._retry(
+                lambda: self.reader.back(channel, live, history, 0), channel, state
+            )
         return live
 
     async def _replay_channel(
@@ -482,19 +585,24 @@ class Replay:
         ``missed`` event first if ``report``.
         """
         hub = self.hub
+        reader = self.reader
         live = state.position or 0
-        if live - vector[channel] > self.max_replay:
-            resumed = live - self.max_replay
-            if report:
-                sub.deliver(missed_event(channel, vector[channel], resumed, "too many events"))
-            vector[channel] = resumed
         if vector[channel] < live:
-            oldest = await self._retry(lambda: self.reader.oldest(channel), channel, state)
-            if oldest is None or oldest > vector[channel] + 1:
-                resumed = live if oldest is None else oldest - 1
+            start = vector[channel]
+            resumed = await self._retry(
+                lambda: reader.back(channel, live, self.max_replay, start), channel, state
+            )
+            if resumed > start:
                 if report:
-                    sub.deliver(missed_event(channel, vector[channel], resumed, "retention"))
+                    sub.deliver(self._missed(channel, start, resumed, "too many events"))
                 vector[channel] = resumed
+        if vector[channel] < live:
+            start = vector[channel]
+            gone = await self._retry(lambda: reader.gap_after(channel, start, live), channel, state)
+            if gone is not None:
+                if report:
+                    sub.deliver(self._missed(channel, start, gone, "retention"))
+                vector[channel] = gone
         while vector[channel] < (state.position or 0):
             rows = await self._retry(
                 lambda: self.reader.read_after(channel, vector[channel]), channel, state
@@ -502,22 +610,32 @@ class Replay:
             if not hub.is_catching_up(sub) or self.states.get(channel) is not state:
                 return False
             live = state.position or 0
-            if not rows or rows[0].id > vector[channel] + 1:
+            if not rows or reader.previous(rows[0]) > vector[channel]:
                 # A prune ran between the retention check and this read: say so.
-                resumed = live if not rows else min(rows[0].id - 1, live)
+                resumed = live if not rows else min(reader.previous(rows[0]), live)
                 if report:
-                    sub.deliver(missed_event(channel, vector[channel], resumed, "retention"))
+                    sub.deliver(self._missed(channel, vector[channel], resumed, "retention"))
                 vector[channel] = resumed
             for row in rows:
                 if row.id > live:
                     break
                 vector[channel] = row.id
                 self.replayed += 1
-                event = Event(channel, row.data, event=row.event, seq=row.id)
+                event = self._event(channel, row)
                 if not sub.deliver(hub.stamp(event, sub, vector)):
                     hub.drop_slow(sub)
                     return False
         return True
+
+    def _missed(self, channel: str, after: int, resumed_at: int, reason: str) -> Event:
+        """The ``missed`` event: positions as the log spells ids (numbers on PostgreSQL,
+        entry id strings on Redis)."""
+
+        def spelled(position: int) -> int | str:
+            text = self.reader.format_id(position)
+            return int(text) if text.isdigit() else text
+
+        return missed_event(channel, spelled(after), spelled(resumed_at), reason)
 
     # -- task ownership ---------------------------------------------------------------
 

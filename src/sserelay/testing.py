@@ -185,8 +185,11 @@ def parse_block(block: str) -> SseMessage:
 
 
 @contextlib.asynccontextmanager
-async def running_relay(dsn: str, **settings: Any) -> AsyncIterator[Relay]:
-    """An in-process relay on 127.0.0.1 and a free port; waits until its listener is up."""
+async def running_relay(dsn: str | None, **settings: Any) -> AsyncIterator[Relay]:
+    """An in-process relay on 127.0.0.1 and a free port; waits until its listener is up.
+
+    ``dsn`` None with ``redis_url=...`` in ``settings``: a relay on Redis.
+    """
     settings.setdefault("port", 0)
     relay = Relay(Settings(**settings), dsn=dsn)
     await relay.start()
