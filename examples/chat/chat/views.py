@@ -1,0 +1,66 @@
+import re
+
+from django.core.signing import BadSignature
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.shortcuts import redirect, render
+
+from sserelay.contrib.django import last_event_id
+
+from .apps import room_channel
+from .models import Message
+
+ROOM = re.compile(r"[a-z0-9-]{1,40}")
+USER_COOKIE = "chat_user"
+HISTORY = 100
+
+
+def _username(request: HttpRequest) -> str | None:
+    try:
+        name = request.get_signed_cookie(USER_COOKIE, default=None)
+    except BadSignature:
+        return None
+    return name or None
+
+
+def index(request: HttpRequest) -> HttpResponse:
+    """Pick a username and a room."""
+    if request.method == "POST":
+        user = request.POST.get("user", "").strip()[:40]
+        room = request.POST.get("room", "").strip().lower()
+        if not user or not ROOM.fullmatch(room):
+            return HttpResponseBadRequest("a username and a room (a-z, 0-9, -) please")
+        response = redirect("room", room=room)
+        response.set_signed_cookie(USER_COOKIE, user, httponly=True, samesite="Lax")
+        return response
+    rooms = Message.objects.values_list("room", flat=True).distinct().order_by("room")
+    context = {"rooms": list(rooms), "user": _username(request) or ""}
+    return render(request, "chat/index.html", context)
+
+
+def room(request: HttpRequest, room: str) -> HttpResponse:
+    """The room: its messages (server-rendered), a form, and the live stream."""
+    user = _username(request)
+    if user is None:
+        return redirect("index")
+    if request.method == "POST":
+        text = request.POST.get("text", "").strip()[:500]
+        if text:
+            with transaction.atomic():  # the event goes out when this commits
+                Message.objects.create(room=room, user=user, text=text)
+        if request.headers.get("X-Requested-With") == "fetch":
+            return HttpResponse(status=204)
+        return redirect("room", room=room)
+    channel = room_channel(room)
+    # Read the log position first: a message committed between the two reads is both
+    # rendered and replayed, and the page shows it once (it skips ids it has).
+    last_id = last_event_id(channel)
+    messages = list(Message.objects.filter(room=room).order_by("-id")[:HISTORY])[::-1]
+    context = {
+        "room": room,
+        "user": user,
+        "messages": messages,
+        "channel": channel,
+        "last_id": last_id,
+    }
+    return render(request, "chat/room.html", context)

@@ -1,0 +1,1 @@
+"""Integrations of sserelay with web frameworks (each an optional extra)."""

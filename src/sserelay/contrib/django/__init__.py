@@ -1,0 +1,28 @@
+"""sserelay for Django: ``INSTALLED_APPS += ["sserelay.contrib.django"]``.
+
+- :func:`publish` sends an event through Django's own database connection, so it is
+  part of the current transaction (sent on commit, never on rollback).
+- :func:`publish_changes` publishes a model's creates, updates and deletes.
+- :func:`stream_url` and the ``{% sserelay_stream_url %}`` tag give the page the URL
+  of a stream, with a token for the current user when tokens are configured.
+- :mod:`sserelay.contrib.django.views` streams from Django itself under ASGI: every
+  stream of a process shares one PostgreSQL listener.
+
+Settings live in one ``SSERELAY`` dict (see :mod:`sserelay.contrib.django.conf` and
+``docs/django.md``). Importing this module touches neither settings nor the database.
+"""
+
+from __future__ import annotations
+
+from .publish import last_event_id, publish
+from .signals import ModelPublisher, publish_changes
+from .tokens import stream_url, token_for
+
+__all__ = [
+    "ModelPublisher",
+    "last_event_id",
+    "publish",
+    "publish_changes",
+    "stream_url",
+    "token_for",
+]

@@ -1,0 +1,123 @@
+"""``sserelay demo``: the chat example (``examples/chat``), running, in one command.
+
+- ``--mode asgi`` (default): Django under uvicorn serves pages and streams (the
+  in-process view, one listener).
+- ``--mode wsgi``: Django's WSGI server for the pages, ``sserelay serve`` for the
+  streams, sharing a token secret.
+
+Without ``--dsn``/``DATABASE_URL`` it uses the embedded PostgreSQL. The example lives
+in a source checkout (it is not part of the wheel): ``--example`` points elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ...errors import ConfigError
+
+#: Where the example is in a source checkout: <repo>/examples/chat.
+DEFAULT_EXAMPLE = Path(__file__).resolve().parents[4] / "examples" / "chat"
+
+
+def find_example(path: Path | None) -> Path:
+    example = (path or DEFAULT_EXAMPLE).resolve()
+    if not (example / "manage.py").is_file():
+        raise ConfigError(
+            f"no chat example at {example}: run `sserelay demo` from a source checkout "
+            "(git clone the sserelay repository) or pass --example PATH/TO/examples/chat"
+        )
+    return example
+
+
+def _require(module: str, hint: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"the demo needs {module}: {hint}")
+
+
+def _wait_port(port: int, procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise ConfigError(f"{proc.args!r} exited with {proc.returncode} at start")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise ConfigError(f"nothing listens on port {port} after {timeout:.0f}s")
+
+
+def run_demo(
+    dsn: str, *, mode: str, host: str, port: int, relay_port: int, example: Path | None
+) -> int:
+    """Migrate, start the servers, print the URL, and run until a signal. Returns the
+    exit status."""
+    _require("django", "pip install 'sserelay[demo]'")
+    if mode == "asgi":
+        _require("uvicorn", "pip install 'sserelay[demo]'")
+    chat = find_example(example)
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=dsn,
+        DJANGO_SETTINGS_MODULE="chatsite.settings",
+        DJANGO_SECRET_KEY=env.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(40),
+        SSERELAY_JWT_SECRET=env.get("SSERELAY_JWT_SECRET") or secrets.token_urlsafe(32),
+        PYTHONPATH=os.pathsep.join(p for p in (str(chat), env.get("PYTHONPATH")) if p),
+    )
+    env.pop("CHAT_STREAM_URL", None)
+    python = sys.executable
+    subprocess.run(
+        [python, "manage.py", "migrate", "--verbosity", "0"], cwd=chat, env=env, check=True
+    )
+    url = f"http://{host}:{port}/"
+    commands: list[tuple[list[str], dict[str, str]]] = []
+    if mode == "asgi":
+        uvicorn = [python, "-m", "uvicorn", "chatsite.asgi:application"]
+        uvicorn += ["--host", host, "--port", str(port), "--timeout-graceful-shutdown", "3"]
+        commands.append((uvicorn, env))
+        how = "Django (ASGI, uvicorn) serves the pages and the streams"
+    else:
+        relay_env = dict(env, ALLOWED_ORIGINS=f"http://{host}:{port}")
+        relay = [python, "-m", "sserelay", "serve", "--host", host, "--port", str(relay_port)]
+        commands.append((relay, relay_env))
+        django_env = dict(env, CHAT_STREAM_URL=f"http://{host}:{relay_port}")
+        runserver = [python, "manage.py", "runserver", f"{host}:{port}", "--noreload"]
+        commands.append((runserver, django_env))
+        how = f"Django (WSGI) serves the pages, `sserelay serve` the streams on :{relay_port}"
+    procs = [subprocess.Popen(args, cwd=chat, env=e) for args, e in commands]
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _wait_port(port, procs)
+        print(f"\nsserelay demo: the chat is at {url}\n  {how}.\n  Ctrl-C stops.", flush=True)
+        while not stopping and all(p.poll() is None for p in procs):
+            time.sleep(0.2)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    failed = [p.returncode for p in procs if p.returncode not in (0, -signal.SIGTERM)]
+    return 0 if stopping or not failed else 1

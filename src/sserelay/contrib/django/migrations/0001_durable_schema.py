@@ -1,0 +1,28 @@
+"""Install the durable-channel schema (``sserelay.events``, ``sserelay.publish()``, ...).
+
+Runs :func:`sserelay.schema.migrate` on Django's connection: idempotent and safe to run
+concurrently, so a database migrated with ``sserelay migrate`` is fine too. Later
+package versions add migrations here when they add SQL files.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import migrations
+
+
+def install(apps: Any, schema_editor: Any) -> None:
+    from sserelay.contrib.django.schema import install_schema
+
+    install_schema(schema_editor.connection)
+
+
+def uninstall(apps: Any, schema_editor: Any) -> None:
+    from sserelay.contrib.django.schema import uninstall_schema
+
+    uninstall_schema(schema_editor.connection)
+
+
+class Migration(migrations.Migration):
+    operations = [migrations.RunPython(install, uninstall, elidable=False)]

@@ -1,0 +1,145 @@
+"""The process's relay for the in-process stream view: one hub, one listener.
+
+Every stream a Django process serves (under ASGI) is a subscriber of one
+:class:`~sserelay.relay.Relay` run without its HTTP server, so a process holds one
+LISTEN connection however many browsers are connected. The listener connects with
+its own connection built from ``DATABASES`` (never Django's connection, which
+belongs to the ORM and to transactions), or with ``SSERELAY["LISTEN_DSN"]``.
+
+The relay starts with the first stream (or on ASGI lifespan startup, with
+:func:`sserelay.contrib.django.asgi.get_asgi_application`) and is owned by the
+app's :class:`~sserelay.contrib.django.apps.SserelayConfig`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import psycopg
+from django.db import connections
+from psycopg.conninfo import make_conninfo
+
+from ...errors import ConfigError, SseRelayError
+from ...relay import Relay
+from . import conf
+
+log = logging.getLogger("sserelay.django")
+
+#: Django ``DATABASES`` engines the listener can connect to.
+POSTGRES_ENGINES = frozenset(
+    {"django.db.backends.postgresql", "django.contrib.gis.db.backends.postgis"}
+)
+
+
+def _libpq_keywords() -> frozenset[str]:
+    return frozenset(option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults())
+
+
+def listener_dsn(alias: str | None = None) -> str:
+    """A libpq DSN for the listener: ``SSERELAY["LISTEN_DSN"]``, else the connection
+    parameters Django would use for ``DATABASES[alias]`` (only the libpq ones: Django's
+    cursor factory and adapters are the ORM's business)."""
+    configured = conf.get("LISTEN_DSN")
+    if configured:
+        return str(configured)
+    alias = alias or conf.database_alias()
+    if alias not in connections.settings:
+        raise ConfigError(f"SSERELAY['DATABASE'] = {alias!r} is not in DATABASES")
+    wrapper = connections[alias]
+    if wrapper.settings_dict.get("ENGINE") not in POSTGRES_ENGINES:
+        raise ConfigError(f"DATABASES[{alias!r}] is not PostgreSQL; sserelay needs PostgreSQL")
+    params = wrapper.get_connection_params()
+    keywords = _libpq_keywords()
+    clean = {
+        key: str(value)
+        for key, value in params.items()
+        if key in keywords and value is not None and value != ""
+    }
+    return make_conninfo("", **clean)
+
+
+class RelayRuntime:
+    """Starts the process's relay once, shares it, and shuts it down."""
+
+    def __init__(self) -> None:
+        self._relay: Relay | None = None
+        self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.open_streams = 0
+        #: The "Django 4.2 cannot tell us a client left" warning was logged.
+        self.warned_no_disconnect = False
+        self._streams_ended: asyncio.Event | None = None
+
+    @property
+    def relay(self) -> Relay | None:
+        """The running relay, or None before the first start and after shutdown."""
+        return self._relay
+
+    def _guard(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._loop is not loop:
+            if self._relay is not None and self._loop is not loop:
+                # The relay's tasks belong to a loop that is gone (a test runner's loop):
+                # start afresh rather than hand out a dead hub.
+                log.warning("event loop changed: starting a new relay")
+                self._relay = None
+            self._lock, self._loop = asyncio.Lock(), loop
+        return self._lock
+
+    async def get(self) -> Relay:
+        """The running relay, started on first use (concurrent callers share one start)."""
+        relay = self._relay
+        if relay is not None and self._loop is asyncio.get_running_loop():
+            return relay
+        async with self._guard():
+            if self._relay is None:
+                settings = conf.relay_settings()
+                dsn = listener_dsn()
+                relay = Relay(settings, dsn=dsn)
+                await relay.start(serve=False)
+                self._relay = relay
+                log.info("sserelay: in-process relay started (one listener for this process)")
+            return self._relay
+
+    def stream_opened(self) -> None:
+        self.open_streams += 1
+
+    def stream_ended(self) -> None:
+        self.open_streams -= 1
+        if not self.open_streams and self._streams_ended is not None:
+            self._streams_ended.set()
+
+    async def shutdown(self) -> None:
+        """End every stream with a jittered ``retry:``, wait for them to send it (up to
+        ``SHUTDOWN_TIMEOUT``), then stop the listener. Idempotent."""
+        relay = self._relay
+        if relay is None:
+            return
+        async with self._guard():
+            if self._relay is not relay:
+                return
+            self._relay = None
+            closed = relay.hub.close_all(relay.settings.retry_ms)
+            if closed:
+                log.info("shutdown: closed %d streams", closed)
+            if self.open_streams:
+                self._streams_ended = asyncio.Event()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(relay.settings.shutdown_timeout):
+                        await self._streams_ended.wait()
+                self._streams_ended = None
+            await relay.shutdown()
+
+
+def runtime() -> RelayRuntime:
+    """The process's runtime, held by the app config (so: one per process)."""
+    from django.apps import apps
+
+    config: Any = apps.get_app_config("sserelay")
+    found = getattr(config, "runtime", None)
+    if not isinstance(found, RelayRuntime):
+        raise SseRelayError("sserelay.contrib.django is not in INSTALLED_APPS")
+    return found
