@@ -17,11 +17,8 @@ again. Streams stay open meanwhile; only ``healthy`` changes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import random
-import time
 import uuid
 from typing import Any
 
@@ -29,6 +26,7 @@ import psycopg
 from psycopg import sql
 
 from .broker import OnListening, OnMessage
+from .listening import Listener, ProbeFailed
 
 log = logging.getLogger("sserelay.postgres")
 
@@ -45,12 +43,16 @@ KEEPALIVE_PARAMS: dict[str, Any] = {
 }
 
 
-class ProbeFailed(Exception):
-    """The liveness probe did not come back in time."""
-
-
-class PostgresListener:
+class PostgresListener(Listener[psycopg.AsyncConnection[Any]]):
     """The :class:`~sserelay.broker.Broker` for PostgreSQL LISTEN/NOTIFY."""
+
+    broker = "postgres"
+    errors = (psycopg.Error, OSError, ProbeFailed, TimeoutError)
+    _log = log
+    _what = "listener"
+    _bus = "PostgreSQL"
+    _subscribe = "LISTEN"
+    _item = "notification"
 
     def __init__(
         self,
@@ -65,86 +67,20 @@ class PostgresListener:
         reconnect_max: float = 10.0,
         connect_timeout: float = 10.0,
     ) -> None:
+        super().__init__(
+            on_message,
+            on_listening,
+            probe_interval=probe_interval,
+            probe_timeout=probe_timeout,
+            reconnect_min=reconnect_min,
+            reconnect_max=reconnect_max,
+        )
         self.dsn = dsn
-        self._on_message = on_message
-        self._on_listening = on_listening
         self.application_name = application_name
-        self.probe_interval = probe_interval
-        self.probe_timeout = probe_timeout
-        self.reconnect_min = reconnect_min
-        self.reconnect_max = reconnect_max
         self.connect_timeout = connect_timeout
         self.probe_channel = f"sserelay.probe.{os.getpid()}.{uuid.uuid4().hex[:12]}"
-        self._wanted: set[str] = set()
-        self._active: set[str] = set()
-        self._wake = asyncio.Event()
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._probe_sent: float | None = None
-        self.connected = False
-        self.connects = 0
-        self.reconnects = 0
-        self.notifications = 0
-        self.last_error: str | None = None
-        #: Seconds from NOTIFY to receipt, from the latest probe.
-        self.lag: float | None = None
-        self.lag_observer: Any = None  # a prometheus Histogram-like with .observe(), optional
-        self.connected_event = asyncio.Event()
-
-    # -- Broker interface ------------------------------------------------------------
-
-    def listen(self, channel: str) -> None:
-        if channel in self._active and channel not in self._wanted:
-            # Wanted again before its UNLISTEN went out: it never stopped, so no new
-            # LISTEN will confirm it. Say it is live (soon: not inside the caller).
-            asyncio.get_running_loop().call_soon(self._still_listening, channel)
-        self._wanted.add(channel)
-        self._wake.set()
-
-    def _still_listening(self, channel: str) -> None:
-        if channel in self._active and channel in self._wanted:
-            self._on_listening([channel])
-
-    def unlisten(self, channel: str) -> None:
-        self._wanted.discard(channel)
-        self._wake.set()
-
-    def is_listening(self, channel: str) -> bool:
-        return self.connected and channel in self._active
-
-    @property
-    def healthy(self) -> bool:
-        return self.connected and self._wanted <= self._active
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "broker": "postgres",
-            "connected": self.connected,
-            "channels": len(self._active),
-            "connects": self.connects,
-            "last_error": None if self.connected else self.last_error,
-        }
 
     # -- the connection task ---------------------------------------------------------
-
-    async def run(self) -> None:
-        """Hold the LISTEN connection until cancelled; reconnect with jittered backoff."""
-        failures = 0
-        while True:
-            connects_before = self.connects
-            try:
-                await self._session()
-            except (psycopg.Error, OSError, ProbeFailed, TimeoutError) as exc:
-                self.last_error = _one_line(exc)
-            finally:
-                await self._disconnect()
-            if self.connects > connects_before:
-                failures = 0
-                log.warning("listener connection lost: %s; reconnecting", self.last_error)
-            elif failures == 0:
-                log.warning("cannot reach PostgreSQL: %s; retrying", self.last_error)
-            failures += 1
-            delay = min(self.reconnect_max, self.reconnect_min * 2 ** min(failures - 1, 16))
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
     async def _session(self) -> None:
         conn = await psycopg.AsyncConnection.connect(
@@ -158,42 +94,23 @@ class PostgresListener:
         conn.add_notify_handler(self._on_notify)
         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.probe_channel)))
         self._active.clear()
-        if self.connects:
-            self.reconnects += 1
-        self.connects += 1
-        self.connected = True
-        self.connected_event.set()
-        self.last_error = None
-        log.info("listener connected (%s channels to LISTEN)", len(self._wanted))
+        self._connected()
+        await self._serve(conn)
 
+    async def _step(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._read(conn)
+        await self._sync(conn)
+
+    async def _idle(self, conn: psycopg.AsyncConnection[Any], timeout: float) -> None:
+        # psycopg's own waits take over (and then remove) the fd's reader while a
+        # command runs, so the reader is armed afresh for every idle wait.
         loop = asyncio.get_running_loop()
         fd = conn.pgconn.socket
-        next_probe = time.monotonic() + self.probe_interval
-        while True:
-            self._wake.clear()
-            self._read(conn)
-            await self._sync(conn)
-            now = time.monotonic()
-            if self._probe_sent is not None and now - self._probe_sent > self.probe_timeout:
-                raise ProbeFailed(f"probe not answered within {self.probe_timeout}s")
-            if now >= next_probe:
-                await self._probe(conn)
-                next_probe = now + self.probe_interval * random.uniform(0.9, 1.1)
-                continue
-            timeout = next_probe - now
-            if self._probe_sent is not None:
-                timeout = min(timeout, self._probe_sent + self.probe_timeout - now)
-            # psycopg's own waits take over (and then remove) the fd's reader while a
-            # command runs, so the reader is armed afresh for every idle wait.
-            loop.add_reader(fd, self._wake.set)
-            try:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that
-                # lands as the wake-up fires, and the task then never stops on shutdown.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(timeout, 0.01)):
-                        await self._wake.wait()
-            finally:
-                loop.remove_reader(fd)
+        loop.add_reader(fd, self._wake.set)
+        try:
+            await super()._idle(conn, timeout)
+        finally:
+            loop.remove_reader(fd)
 
     def _read(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Take whatever the server sent and deliver its notifications."""
@@ -211,14 +128,8 @@ class PostgresListener:
     def _deliver(self, channel: str, payload: str) -> None:
         if channel == self.probe_channel:
             self._probe_answered(payload)
-            return
-        self.notifications += 1
-        if channel in self._wanted:
-            try:
-                self._on_message(channel, payload)
-            except Exception:
-                # One bad notification must not take the listener (and every stream) down.
-                log.exception("delivering a notification on %r failed; dropped it", channel)
+        else:
+            self._hand_over(channel, payload)
 
     async def _sync(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """LISTEN what is wanted and UNLISTEN what is not, in batches."""
@@ -237,41 +148,9 @@ class PostgresListener:
             if add:
                 self._on_listening(c for c in add if c in self._wanted)
 
-    async def _probe(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        if self._probe_sent is not None:
-            return  # one probe in flight at a time
-        self._probe_sent = time.monotonic()
-        async with asyncio.timeout(self.probe_timeout):  # not wait_for: see _session
-            await conn.execute(
-                "SELECT pg_notify(%s, %s)", (self.probe_channel, repr(self._probe_sent))
-            )
+    async def _send_probe(self, conn: psycopg.AsyncConnection[Any], payload: str) -> None:
+        async with asyncio.timeout(self.probe_timeout):  # not wait_for: see Listener._idle
+            await conn.execute("SELECT pg_notify(%s, %s)", (self.probe_channel, payload))
 
-    def _probe_answered(self, payload: str) -> None:
-        try:
-            sent = float(payload)
-        except ValueError:
-            return
-        if sent == self._probe_sent:
-            self._probe_sent = None
-            self.lag = time.monotonic() - sent
-            if self.lag_observer is not None:
-                self.lag_observer.observe(self.lag)
-
-    async def _disconnect(self) -> None:
-        was_connected = self.connected
-        self.connected = False
-        self.connected_event.clear()
-        self._active.clear()
-        self._probe_sent = None
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):  # not wait_for: see _session
-                    await conn.close()
-        if was_connected:
-            log.info("listener disconnected")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    async def _close(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.close()

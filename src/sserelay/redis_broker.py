@@ -27,8 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import time
 import uuid
 from typing import Any
 
@@ -36,6 +34,7 @@ from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 from .broker import OnListening, OnMessage
+from .listening import Listener, ProbeFailed
 
 log = logging.getLogger("sserelay.redis")
 
@@ -47,12 +46,17 @@ _BATCH = 200
 ERRORS = (redis_errors.RedisError, OSError, TimeoutError)
 
 
-class ProbeFailed(Exception):
-    """The liveness probe did not come back in time."""
-
-
-class RedisListener:
+class RedisListener(Listener[AbstractConnection]):
     """The :class:`~sserelay.broker.Broker` for Redis pub/sub."""
+
+    broker = "redis"
+    #: Anything: a client-library surprise must not end the listener (see _session).
+    errors = (Exception,)
+    _log = log
+    _what = "Redis listener"
+    _bus = "Redis"
+    _subscribe = "SUBSCRIBE"
+    _item = "message"
 
     def __init__(
         self,
@@ -68,15 +72,17 @@ class RedisListener:
         reconnect_max: float = 10.0,
         connect_timeout: float = 10.0,
     ) -> None:
+        super().__init__(
+            on_message,
+            on_listening,
+            probe_interval=probe_interval,
+            probe_timeout=probe_timeout,
+            reconnect_min=reconnect_min,
+            reconnect_max=reconnect_max,
+        )
         self.url = url
         self.prefix = prefix
         self._prefix_bytes = prefix.encode()
-        self._on_message = on_message
-        self._on_listening = on_listening
-        self.probe_interval = probe_interval
-        self.probe_timeout = probe_timeout
-        self.reconnect_min = reconnect_min
-        self.reconnect_max = reconnect_max
         # No socket_timeout: the reader blocks until the server sends; the probe and
         # TCP keepalives find a dead peer. The URL may set TLS, a password, a database.
         pool = ConnectionPool.from_url(
@@ -96,88 +102,28 @@ class RedisListener:
             del self._connection_kwargs[key]  # RESP3-only (redis-py 7+), set by ?protocol=3
         #: A private channel, so the connection is in subscribed mode from the start.
         self.probe_channel = f"{prefix}sserelay.probe.{uuid.uuid4().hex[:12]}".encode()
-        self._wanted: set[str] = set()
         #: Channels whose last command sent was SUBSCRIBE.
         self._subscribed: set[str] = set()
         #: Confirmations still to come per channel (SUBSCRIBE and UNSUBSCRIBE each get one).
         self._pending: dict[str, int] = {}
-        #: Subscribed and confirmed: live.
-        self._active: set[str] = set()
-        self._wake = asyncio.Event()
-        self._conn: AbstractConnection | None = None
-        self._probe_sent: float | None = None
-        self.connected = False
-        self.connects = 0
-        self.reconnects = 0
-        self.notifications = 0
-        self.last_error: str | None = None
+        #: The task reading what the server pushes, while a session is up.
+        self._reader: asyncio.Task[None] | None = None
         #: The server's id of the current connection (``CLIENT KILL ID`` ends it).
         self.client_id: int | None = None
-        #: Seconds a PING took to come back, from the latest probe.
-        self.lag: float | None = None
-        self.lag_observer: Any = None  # a prometheus Histogram-like with .observe(), optional
-        self.connected_event = asyncio.Event()
-
-    # -- Broker interface ------------------------------------------------------------
-
-    def listen(self, channel: str) -> None:
-        if channel in self._active and channel not in self._wanted:
-            # Wanted again before its UNSUBSCRIBE went out: it never stopped, so no new
-            # SUBSCRIBE will confirm it. Say it is live (soon: not inside the caller).
-            asyncio.get_running_loop().call_soon(self._still_listening, channel)
-        self._wanted.add(channel)
-        self._wake.set()
-
-    def _still_listening(self, channel: str) -> None:
-        if channel in self._active and channel in self._wanted:
-            self._on_listening([channel])
-
-    def unlisten(self, channel: str) -> None:
-        self._wanted.discard(channel)
-        self._wake.set()
-
-    def is_listening(self, channel: str) -> bool:
-        return self.connected and channel in self._active
-
-    @property
-    def healthy(self) -> bool:
-        return self.connected and self._wanted <= self._active
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "broker": "redis",
-            "connected": self.connected,
-            "channels": len(self._active),
-            "connects": self.connects,
-            "last_error": None if self.connected else self.last_error,
-        }
 
     # -- the connection task ---------------------------------------------------------
 
-    async def run(self) -> None:
-        """Hold the pub/sub connection until cancelled; reconnect with jittered backoff."""
-        failures = 0
-        while True:
-            connects_before = self.connects
-            try:
-                await self._session()
-            except (*ERRORS, ProbeFailed) as exc:
-                self.last_error = _one_line(exc)
-            except Exception as exc:  # a client-library surprise must not end the listener
-                log.exception("Redis listener failed")
-                self.last_error = _one_line(exc)
-            finally:
-                await self._disconnect()
-            if self.connects > connects_before:
-                failures = 0
-                log.warning("Redis listener connection lost: %s; reconnecting", self.last_error)
-            elif failures == 0:
-                log.warning("cannot reach Redis: %s; retrying", self.last_error)
-            failures += 1
-            delay = min(self.reconnect_max, self.reconnect_min * 2 ** min(failures - 1, 16))
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-
     async def _session(self) -> None:
+        try:
+            await self._connect_and_serve()
+        except (*ERRORS, ProbeFailed):
+            raise
+        except Exception:
+            # Not a lost connection: say so loudly, then reconnect all the same.
+            log.exception("Redis listener failed")
+            raise
+
+    async def _connect_and_serve(self) -> None:
         conn = self._connection_class(**self._connection_kwargs)
         self._conn = conn
         await conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
@@ -188,49 +134,25 @@ class RedisListener:
         self._active.clear()
         await self._send(conn, "SUBSCRIBE", self.probe_channel)
         reader = asyncio.create_task(self._read(conn), name="sserelay-redis-reader")
+        reader.add_done_callback(lambda _: self._wake.set())
+        self._reader = reader
         try:
-            if self.connects:
-                self.reconnects += 1
-            self.connects += 1
-            self.connected = True
-            self.connected_event.set()
-            self.last_error = None
-            log.info("Redis listener connected (%s channels to SUBSCRIBE)", len(self._wanted))
-            await self._serve(conn, reader)
+            self._connected()
+            await self._serve(conn)
         finally:
+            self._reader = None
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, *ERRORS):
                 await reader
 
-    async def _serve(self, conn: AbstractConnection, reader: asyncio.Task[None]) -> None:
-        next_probe = time.monotonic() + self.probe_interval
-        while True:
-            self._wake.clear()
-            if reader.done():
-                reader.result()  # raises what ended it
-                raise redis_errors.ConnectionError("connection to Redis closed")
-            await self._sync(conn)
-            now = time.monotonic()
-            if self._probe_sent is not None and now - self._probe_sent > self.probe_timeout:
-                raise ProbeFailed(f"probe not answered within {self.probe_timeout}s")
-            if now >= next_probe:
-                if self._probe_sent is None:  # one probe in flight at a time
-                    self._probe_sent = now
-                    await self._send(conn, "PING", repr(now))
-                next_probe = now + self.probe_interval * random.uniform(0.9, 1.1)
-                continue
-            timeout = next_probe - now
-            if self._probe_sent is not None:
-                timeout = min(timeout, self._probe_sent + self.probe_timeout - now)
-            wake = asyncio.ensure_future(self._wake.wait())
-            try:
-                await asyncio.wait(
-                    {wake, reader},
-                    timeout=max(timeout, 0.01),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            finally:
-                wake.cancel()
+    async def _step(self, conn: AbstractConnection) -> None:
+        if self._reader is not None and self._reader.done():
+            self._reader.result()  # raises what ended it
+            raise redis_errors.ConnectionError("connection to Redis closed")
+        await self._sync(conn)
+
+    async def _send_probe(self, conn: AbstractConnection, payload: str) -> None:
+        await self._send(conn, "PING", payload)
 
     async def _send(self, conn: AbstractConnection, *args: Any) -> None:
         # redis-py reconnects a closed connection on send: not here, where the state of
@@ -291,15 +213,8 @@ class RedisListener:
 
     def _deliver(self, raw_channel: bytes, payload: bytes) -> None:
         channel = self._name(raw_channel)
-        if channel is None:
-            return
-        self.notifications += 1
-        if channel in self._wanted:
-            try:
-                self._on_message(channel, payload.decode(errors="replace"))
-            except Exception:
-                # One bad message must not take the listener (and every stream) down.
-                log.exception("delivering a message on %r failed; dropped it", channel)
+        if channel is not None:
+            self._hand_over(channel, payload.decode(errors="replace"))
 
     def _confirmed(self, raw_channel: bytes) -> None:
         if raw_channel == self.probe_channel:
@@ -317,35 +232,15 @@ class RedisListener:
             if channel in self._wanted:
                 self._on_listening([channel])
 
-    def _probe_answered(self, payload: bytes) -> None:
-        try:
-            sent = float(payload)
-        except ValueError:
-            return
-        if sent == self._probe_sent:
-            self._probe_sent = None
-            self.lag = time.monotonic() - sent
-            if self.lag_observer is not None:
-                self.lag_observer.observe(self.lag)
-            self._wake.set()
+    def _probe_answered(self, payload: str | bytes) -> None:
+        super()._probe_answered(payload)
+        # The serve loop may be waiting until the probe's deadline: let it count again.
+        self._wake.set()
+
+    async def _close(self, conn: AbstractConnection) -> None:
+        await conn.disconnect()
 
     async def _disconnect(self) -> None:
-        was_connected = self.connected
-        self.connected = False
-        self.connected_event.clear()
-        self._active.clear()
+        await super()._disconnect()
         self._subscribed.clear()
         self._pending.clear()
-        self._probe_sent = None
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
-                    await conn.disconnect()
-        if was_connected:
-            log.info("Redis listener disconnected")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
