@@ -14,10 +14,10 @@ Every check is O(1) in the number of open streams (plus the channels of the requ
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Iterable, Mapping
 
+from . import jitter
 from .auth import ChannelPolicy, policy_from_settings, token_from
 from .config import Settings
 from .errors import AuthError
@@ -34,7 +34,7 @@ LIFETIME_JITTER = 0.10
 
 def retry_after() -> tuple[tuple[str, str], ...]:
     """A ``Retry-After`` of 1 to 5 s, jittered so refused clients do not return together."""
-    return (("Retry-After", str(random.randint(1, 5))),)
+    return (("Retry-After", str(jitter.randint(1, 5))),)
 
 
 class Lease:
@@ -183,7 +183,7 @@ class StreamAccess:
             deadline = now + (expires_at - time.time())
         lifetime = self.settings.max_stream_lifetime
         if lifetime is not None:
-            end = now + lifetime * random.uniform(1 - LIFETIME_JITTER, 1.0)
+            end = now + lifetime * jitter.uniform(1 - LIFETIME_JITTER, 1.0)
             deadline = end if deadline is None else min(deadline, end)
         return deadline
 

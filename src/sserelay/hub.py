@@ -16,11 +16,11 @@ import asyncio
 import heapq
 import itertools
 import logging
-import random
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
+from . import jitter
 from .broker import Broker
 from .events import Event, event_from_notification
 from .sse import encode_comment, encode_retry
@@ -306,7 +306,7 @@ class Hub:
     # -- heartbeats and shutdown -----------------------------------------------------
 
     def _next_ping(self, now: float) -> float:
-        return now + self.heartbeat * random.uniform(1.0, 1.25)
+        return now + self.heartbeat * jitter.uniform(1.0, 1.25)
 
     def send_heartbeats(self, now: float) -> int:
         """Write a ping to every stream whose heartbeat is due; return how many."""
@@ -364,4 +364,4 @@ def retry_hint(retry_ms: int, *, farewell: bool = False) -> bytes:
     ``max(retry_ms, 1 s)``, spreading the reconnect wave of a restart.
     """
     spread = max(retry_ms, 1000) if farewell else retry_ms // 2
-    return encode_retry(retry_ms + random.randint(0, spread))
+    return encode_retry(retry_ms + jitter.randint(0, spread))

@@ -13,12 +13,12 @@ import datetime
 import json
 import logging
 import os
-import random
 import socket
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from . import jitter
 from .access import StreamAccess
 from .auth import policy_from_settings
 from .config import Settings
@@ -190,7 +190,7 @@ class Relay:
         age = self.settings.retention_age
         interval = datetime.timedelta(seconds=age) if age is not None else None
         while True:
-            await asyncio.sleep(self.settings.prune_interval * random.uniform(0.8, 1.2))
+            await asyncio.sleep(self.settings.prune_interval * jitter.uniform(0.8, 1.2))
             try:
                 deleted = await self.reader.prune(interval, self.settings.retention_count)
             except Exception as exc:  # database down or schema missing: try next time

@@ -38,14 +38,13 @@ import contextlib
 import datetime
 import json
 import logging
-import random
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from psycopg_pool import AsyncConnectionPool
 
-from . import durable
+from . import durable, jitter
 from .durable import LogEvent
 from .events import Event
 
@@ -513,7 +512,7 @@ class Replay:
                 if self.states.get(channel) is not state:
                     raise _Gone from exc
                 log.warning("reading the log of %r failed (%s); retrying", channel, exc)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                await asyncio.sleep(delay * jitter.uniform(0.5, 1.0))
                 delay = min(delay * 2, 5.0)
 
     # -- catch-up of one stream ------------------------------------------------------
