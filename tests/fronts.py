@@ -1,5 +1,5 @@
 """Serve a relay through either HTTP front (native server, ASGI app under uvicorn), for
-the tests that hold for both."""
+the tests that hold for both; and any ASGI app under uvicorn (:func:`uvicorn_serving`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import uvicorn
 
-from sserelay.asgi import create_app
+from sserelay.asgi import RelayApp, create_app
 from sserelay.config import Settings
 from sserelay.relay import Relay
 from sserelay.testing import RawResponse, SseClient, raw_request, running_relay, wait_until
@@ -44,25 +44,42 @@ async def serving(kind: str, dsn: str, **settings: Any) -> AsyncIterator[Front]:
             yield Front(relay, relay.port)
         return
     app = create_app(Settings(**settings), dsn=dsn)
+    async with uvicorn_serving(app, app) as served:
+        await wait_until(lambda: app.relay.listener.connected_event.is_set(), timeout=30)
+        yield Front(app.relay, served.port)
+
+
+@dataclass
+class Served:
+    """An ASGI app under uvicorn (``relay_app``: the relay app in it, maybe mounted)."""
+
+    app: RelayApp
+    server: uvicorn.Server
+    port: int
+
+    async def open(self, path: str, headers: dict[str, str] | None = None) -> SseClient:
+        return await SseClient.open("127.0.0.1", self.port, path, headers)
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_serving(app: Any, relay_app: RelayApp, **config: Any) -> AsyncIterator[Served]:
+    """Run ``app`` under uvicorn in this event loop, on a free port."""
+    config.setdefault("lifespan", "on")
+    # A stream never ends on its own: without a bound, uvicorn's exit would wait for clients.
+    config.setdefault("timeout_graceful_shutdown", 5)
     server = uvicorn.Server(
         uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            log_level="warning",
-            log_config=None,
-            lifespan="on",
-            timeout_graceful_shutdown=5,
+            app, host="127.0.0.1", port=0, log_level="warning", log_config=None, **config
         )
     )
     task = asyncio.create_task(server.serve(), name="uvicorn")
     try:
-        await wait_until(lambda: server.started or task.done(), timeout=30, message="uvicorn")
+        await wait_until(lambda: server.started or task.done(), timeout=30, message="uvicorn start")
         if task.done():
             task.result()
             raise AssertionError("uvicorn exited during startup")
-        await wait_until(lambda: app.relay.listener.connected_event.is_set(), timeout=30)
-        yield Front(app.relay, server.servers[0].sockets[0].getsockname()[1])
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield Served(relay_app, server, port)
     finally:
         server.should_exit = True
         async with asyncio.timeout(30):

@@ -9,30 +9,7 @@ from sserelay.config import Settings
 from sserelay.hub import Hub
 from sserelay.publishing import RateLimiter
 from sserelay.routes import HttpError
-
-
-class FakeStream:
-    """A Subscriber that records what the hub did to it."""
-
-    def __init__(self, *channels: str) -> None:
-        self.channels = channels
-        self.pending: set[str] = set()
-        self.next_ping = 0.0
-        self.id_key: tuple[str, ...] | None = None
-        self.written: list[bytes] = []
-        self.closed_with: bytes | None = None
-
-    def deliver(self, event: object) -> bool:
-        return True
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def close(self, farewell: bytes = b"") -> None:
-        self.closed_with = farewell
-
-    def abort(self) -> None:
-        self.closed_with = b"<aborted>"
+from streams import FakeStream
 
 
 def test_limits_count_and_release() -> None:

@@ -13,14 +13,13 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-import uvicorn
 
+from fronts import Served, uvicorn_serving
 from sserelay import asgi
 from sserelay.asgi import AsgiStream, RelayApp, create_app, route_path
 from sserelay.config import Settings
@@ -44,41 +43,6 @@ def unique(prefix: str = "asgi") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-@dataclass
-class Served:
-    app: RelayApp
-    server: uvicorn.Server
-    port: int
-
-    async def open(self, path: str, headers: dict[str, str] | None = None) -> SseClient:
-        return await SseClient.open("127.0.0.1", self.port, path, headers)
-
-
-@contextlib.asynccontextmanager
-async def serve(app: Any, relay_app: RelayApp, **config: Any) -> AsyncIterator[Served]:
-    """Run ``app`` under uvicorn in this event loop, on a free port."""
-    config.setdefault("lifespan", "on")
-    # A stream never ends on its own: without a bound, uvicorn's exit would wait for clients.
-    config.setdefault("timeout_graceful_shutdown", 5)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=0, log_level="warning", log_config=None, **config
-        )
-    )
-    task = asyncio.create_task(server.serve(), name="uvicorn")
-    try:
-        await wait_until(lambda: server.started or task.done(), timeout=30, message="uvicorn start")
-        if task.done():
-            task.result()
-            raise AssertionError("uvicorn exited during startup")
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield Served(relay_app, server, port)
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(30):
-            await task
-
-
 @pytest.fixture
 async def relay_app(dsn: str) -> AsyncIterator[RelayApp]:
     app = create_app(Settings(heartbeat=30.0), dsn=dsn)
@@ -88,7 +52,7 @@ async def relay_app(dsn: str) -> AsyncIterator[RelayApp]:
 
 @pytest.fixture
 async def served(relay_app: RelayApp) -> AsyncIterator[Served]:
-    async with serve(relay_app, relay_app) as served:
+    async with uvicorn_serving(relay_app, relay_app) as served:
         yield served
 
 
@@ -385,7 +349,7 @@ async def test_client_disconnect_unsubscribes(served: Served) -> None:
 @pytest.mark.timeout(60)
 async def test_idle_streams_get_heartbeats(dsn: str) -> None:
     app = create_app(Settings(heartbeat=0.2), dsn=dsn)
-    async with serve(app, app) as served:
+    async with uvicorn_serving(app, app) as served:
         client = await served.open(f"/events/{unique()}")
         try:
             await client.wait_ready()
@@ -400,7 +364,7 @@ async def test_idle_streams_get_heartbeats(dsn: str) -> None:
 async def test_slow_client_is_dropped_and_its_response_ended(dsn: str) -> None:
     app = create_app(Settings(heartbeat=30.0, max_client_buffer=32 * 1024), dsn=dsn)
     channel = unique()
-    async with serve(app, app) as served:
+    async with uvicorn_serving(app, app) as served:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         # A small receive window, so the server's buffers fill after little data.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -521,7 +485,7 @@ async def test_errors_and_cors_match_the_native_server(dsn: str) -> None:
     app = create_app(Settings(heartbeat=30.0, allowed_origins=origins), dsn=dsn)
     async with (
         running_relay(dsn, heartbeat=30.0, allowed_origins=origins) as native,
-        serve(app, app) as served,
+        uvicorn_serving(app, app) as served,
     ):
         for origin in (None, "https://app.example", "https://evil.example"):
             headers = {"Origin": origin} if origin else {}
@@ -562,7 +526,7 @@ async def test_lifespan_shutdown_ends_streams_with_a_jittered_retry(dsn: str) ->
     relay = app.relay
     # lifespan="off": uvicorn itself would only send lifespan.shutdown after every
     # response ended; this test plays a server (or a parent app) that sends it now.
-    async with serve(app, app, lifespan="off") as served:
+    async with uvicorn_serving(app, app, lifespan="off") as served:
         clients = [await served.open(f"/events/{unique()}") for _ in range(5)]
         try:
             for client in clients:
@@ -595,7 +559,7 @@ async def test_uvicorn_exit_ends_streams_then_stops_the_listener(
     dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = create_app(Settings(heartbeat=30.0, retry_ms=1000), dsn=dsn)
-    async with serve(app, app, timeout_graceful_shutdown=1) as served:
+    async with uvicorn_serving(app, app, timeout_graceful_shutdown=1) as served:
         clients = [await served.open(f"/events/{unique()}") for _ in range(3)]
         try:
             for client in clients:
@@ -621,7 +585,7 @@ async def test_without_lifespan_the_first_requests_start_one_relay(
 ) -> None:
     assert not relay_app.started
     channel = unique()
-    async with serve(relay_app, relay_app, lifespan="off") as served:
+    async with uvicorn_serving(relay_app, relay_app, lifespan="off") as served:
         clients = await asyncio.gather(*(served.open(f"/events/{channel}") for _ in range(10)))
         try:
             await asyncio.gather(*(c.wait_ready() for c in clients))
@@ -705,7 +669,7 @@ async def test_mounted_in_starlette_under_a_prefix(dsn: str) -> None:
         lifespan=relay_app.lifespan,
     )
     channel = unique()
-    async with serve(web, relay_app) as served:
+    async with uvicorn_serving(web, relay_app) as served:
         assert relay_app.started
         client = await served.open(f"/live/events/{channel}")
         slashed = await served.open("/live/events/" + f"{channel}/x".replace("/", "%2F"))

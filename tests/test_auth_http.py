@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from fronts import FRONTS, Front, serving
 from sserelay.auth import mint_token
-from sserelay.testing import SseClient, notify, wait_until
+from sserelay.testing import notify, wait_until
 
 SECRET = "s" * 40
 OTHER_SECRET = "t" * 40
@@ -55,11 +55,18 @@ def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-async def receives(front: Front, client: SseClient, dsn: str, channel: str) -> None:
-    """``client`` gets the next event published on ``channel``."""
-    await client.wait_ready()
-    await notify(dsn, channel, "hello")
-    assert (await client.next_event()).data == "hello"
+async def receives(
+    front: Front, dsn: str, channel: str, path: str, headers: dict[str, str] | None = None
+) -> None:
+    """A stream on ``path`` opens (200) and gets the next event published on ``channel``."""
+    client = await front.open(path, headers)
+    try:
+        assert client.status == 200
+        await client.wait_ready()
+        await notify(dsn, channel, "hello")
+        assert (await client.next_event()).data == "hello"
+    finally:
+        await client.close()
 
 
 # -- subscribe: where the token comes from -----------------------------------------------------
@@ -67,35 +74,19 @@ async def receives(front: Front, client: SseClient, dsn: str, channel: str) -> N
 
 async def test_bearer_header_opens_a_private_channel(closed: Front, module_dsn: str) -> None:
     channel = unique()
-    client = await closed.open(
-        f"/events/{channel}", {"Authorization": f"Bearer {token([channel])}"}
-    )
-    try:
-        assert client.status == 200
-        await receives(closed, client, module_dsn, channel)
-    finally:
-        await client.close()
+    bearer = {"Authorization": f"Bearer {token([channel])}"}
+    await receives(closed, module_dsn, channel, f"/events/{channel}", bearer)
 
 
 async def test_cookie_opens_a_private_channel(closed: Front, module_dsn: str) -> None:
     channel = unique()
     cookie = f"other=1; sserelay_token={token([channel])}; more=2"
-    client = await closed.open(f"/events/{channel}", {"Cookie": cookie})
-    try:
-        assert client.status == 200
-        await receives(closed, client, module_dsn, channel)
-    finally:
-        await client.close()
+    await receives(closed, module_dsn, channel, f"/events/{channel}", {"Cookie": cookie})
 
 
 async def test_query_token_opens_a_private_channel(closed: Front, module_dsn: str) -> None:
     channel = unique()
-    client = await closed.open(f"/events/{channel}?token={token([channel])}")
-    try:
-        assert client.status == 200
-        await receives(closed, client, module_dsn, channel)
-    finally:
-        await client.close()
+    await receives(closed, module_dsn, channel, f"/events/{channel}?token={token([channel])}")
 
 
 async def test_a_configured_cookie_name_is_used(kind: str, module_dsn: str) -> None:
@@ -114,12 +105,7 @@ async def test_a_configured_cookie_name_is_used(kind: str, module_dsn: str) -> N
 
 async def test_public_channels_need_no_token(closed: Front, module_dsn: str) -> None:
     channel = unique("news")
-    client = await closed.open(f"/events/{channel}")
-    try:
-        assert client.status == 200
-        await receives(closed, client, module_dsn, channel)
-    finally:
-        await client.close()
+    await receives(closed, module_dsn, channel, f"/events/{channel}")
 
 
 # -- subscribe: refusals -----------------------------------------------------------------------
@@ -284,12 +270,7 @@ async def test_public_key_relay(kind: str, module_dsn: str, tmp_path: Any, algor
     channel = unique()
     async with serving(kind, module_dsn, jwt_public_key=pem) as front:
         signed = mint_token(private, subscribe=[channel], algorithm=algorithm)
-        client = await front.open(f"/events/{channel}?token={signed}")
-        try:
-            assert client.status == 200
-            await receives(front, client, module_dsn, channel)
-        finally:
-            await client.close()
+        await receives(front, module_dsn, channel, f"/events/{channel}?token={signed}")
         # HS256 "signed" with the public key (which anyone has) as the secret: refused.
         header = b64(b'{"alg":"HS256","typ":"JWT"}')
         body = b64(json.dumps(_claims(channel)).encode())

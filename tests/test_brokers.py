@@ -10,23 +10,23 @@ or poll state with a deadline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
+from proxy import Proxy
 from sserelay.relay import Relay
 from sserelay.testing import (
     SseClient,
     SseMessage,
-    StreamClosed,
     raw_request,
     showing_frames,
     wait_until,
 )
+from streams import Feed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -231,26 +231,6 @@ async def test_large_event_is_read_from_the_log(durable_bus: Any) -> None:
 # -- losing the broker while publishing ----------------------------------------------
 
 
-class Feed:
-    """A stream read in the background: every event kept."""
-
-    def __init__(self, client: SseClient) -> None:
-        self.client = client
-        self.events: list[SseMessage] = []
-        self.task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        with contextlib.suppress(StreamClosed):
-            while True:
-                self.events.append(await self.client.next_event(timeout=3600))
-
-    async def close(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, StreamClosed):
-            await self.task
-        await self.client.close()
-
-
 class Publishers:
     """Tasks publishing durably, round robin over channels, until stopped."""
 
@@ -361,71 +341,6 @@ async def test_listener_killed_repeatedly_while_publishing(durable_bus: Any) -> 
 # -- an outage of the whole broker (a TCP proxy cut) -----------------------------------
 
 
-class Proxy:
-    """A TCP proxy to the broker that can be cut (connections reset, new ones refused at
-    once) and restored: to the relay, the broker is down, as during a restart."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.up = True
-        self.accepted = 0
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[int]:
-        self._server = await asyncio.start_server(self._handle, HOST, 0)
-        try:
-            yield self._server.sockets[0].getsockname()[1]
-        finally:
-            self._server.close()
-            self.cut()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def cut(self) -> None:
-        self.up = False
-        for writer in list(self._writers):
-            writer.transport.abort()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        self._writers.add(writer)
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            if not self.up:
-                return
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-            self._writers.add(up_writer)
-            pumps = [
-                asyncio.create_task(self._pump(reader, up_writer)),
-                asyncio.create_task(self._pump(up_reader, writer)),
-            ]
-            try:
-                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for pump in pumps:
-                    pump.cancel()
-                await asyncio.gather(*pumps, return_exceptions=True)
-                up_writer.transport.abort()
-                self._writers.discard(up_writer)
-        finally:
-            writer.transport.abort()
-            self._writers.discard(writer)
-            self._tasks.discard(task)
-
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-
-
 def through(bus: Any, port: int) -> tuple[str | None, dict[str, Any]]:
     """(DSN, settings) of a relay on ``bus`` with its broker reached through ``port``."""
     from psycopg.conninfo import make_conninfo
@@ -458,9 +373,8 @@ async def test_broker_outage_streams_wait_and_catch_up(durable_bus: Any) -> None
     from sserelay.testing import running_relay
 
     channel = name()
-    proxy = Proxy(*target_of(durable_bus))
-    async with proxy.running() as port:
-        dsn, settings = through(durable_bus, port)
+    async with Proxy(*target_of(durable_bus)) as proxy:
+        dsn, settings = through(durable_bus, proxy.port)
         async with running_relay(dsn, **settings, **FAST_RECONNECT) as relay:
             await outage(durable_bus, proxy, relay, channel)
 

@@ -18,13 +18,10 @@ import asyncio
 import contextlib
 import datetime
 import json
-import os
 import random
-import re
 import signal
-import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +30,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from processes import relay_process
 from sserelay.durable import apublish_durable, prune
 from sserelay.postgres import APPLICATION_NAME as LISTENER_APP
 from sserelay.testing import (
@@ -349,39 +347,6 @@ async def test_listener_and_readers_killed_repeatedly_while_publishing(
 # -- 3: the relay process killed and restarted while publishing ------------------------------
 
 
-@contextlib.asynccontextmanager
-async def relay_process(dsn: str, port: int, log: Path) -> AsyncIterator[tuple[Any, int]]:
-    """``python -m sserelay serve`` as a child process; yields (process, port) once it serves.
-
-    Its log goes to a file (a pipe nobody reads could fill up and stall it).
-    """
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("SSERELAY_")}
-    environ.update(PYTHONUNBUFFERED="1", DATABASE_URL="")
-    with log.open("ab") as stderr:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *("-m", "sserelay", "serve", "--port", str(port), "--dsn", dsn),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-            env=environ,
-        )
-    try:
-        assert proc.stdout is not None
-        async with asyncio.timeout(30):
-            line = (await proc.stdout.readline()).decode()
-        match = re.search(r"serving on http://127\.0\.0\.1:(\d+)", line)
-        if not match:
-            text = await asyncio.to_thread(log.read_text)
-            raise AssertionError(f"unexpected first line {line!r}; log:\n{text}")
-        yield proc, int(match.group(1))
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        async with asyncio.timeout(30):
-            await proc.wait()
-
-
 @pytest.mark.timeout(90)
 async def test_relay_killed_and_restarted_clients_resume_with_last_event_id(
     durable_dsn: str, tmp_path: Path
@@ -398,7 +363,8 @@ async def test_relay_killed_and_restarted_clients_resume_with_last_event_id(
     ]
     publishers: Publishers | None = None
     try:
-        async with relay_process(durable_dsn, 0, log) as (first, port):
+        async with relay_process("--dsn", durable_dsn, log=log) as first:
+            port = first.port
             for feed in feeds:
                 await feed.connect(port)
             publishers = Publishers(durable_dsn, channels, 3)
@@ -407,14 +373,14 @@ async def test_relay_killed_and_restarted_clients_resume_with_last_event_id(
                 timeout=30,
                 message=lambda: f"live before the kill: {[len(f.events) for f in feeds]}",
             )
-            first.send_signal(signal.SIGKILL)
+            first.proc.send_signal(signal.SIGKILL)
             async with asyncio.timeout(30):
-                await first.wait()
+                await first.proc.wait()
             for feed in feeds:
                 await feed.ended()
         # Nobody relays these: they are only in the log.
         await publishers.publish_more(50)
-        async with relay_process(durable_dsn, port, log) as (second, _):
+        async with relay_process("--dsn", durable_dsn, port=port, log=log) as second:
             for feed in feeds[::2]:
                 assert feed.last_id is not None
                 await feed.connect(port, headers={"Last-Event-ID": feed.last_id})
@@ -423,7 +389,7 @@ async def test_relay_killed_and_restarted_clients_resume_with_last_event_id(
             await publishers.publish_more(50)
             await publishers.stop()
             await finish(feeds, durable_dsn, publishers.published)
-            assert second.returncode is None
+            assert second.proc.returncode is None
     finally:
         if publishers is not None:
             await publishers.cancel()

@@ -6,17 +6,14 @@ already holds receive every event, in order, all along."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
 import resource
-import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from processes import relay_process
 from sserelay.testing import SseClient, notify, raw_request, showing_frames
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -47,36 +44,6 @@ def nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-@contextlib.asynccontextmanager
-async def serve(dsn: str, *args: str) -> AsyncIterator[tuple[int, int]]:
-    """``sserelay serve`` on a free port: yields (pid, port)."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("SSERELAY_")}
-    environ.update(PYTHONUNBUFFERED="1", SSERELAY_HEADER_TIMEOUT="1")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "sserelay", "serve", "--port", "0", "--dsn", dsn, *args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env=environ,
-    )
-    try:
-        assert proc.stdout is not None
-        async with asyncio.timeout(30):
-            line = (await proc.stdout.readline()).decode()
-        match = re.search(r"serving on http://[^:]+:(\d+)", line)
-        assert match, f"unexpected first line {line!r}"
-        yield proc.pid, int(match.group(1))
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(15):
-                    await proc.wait()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
 async def refused_stream(port: int, n: int) -> tuple[int, str | None]:
     request = f"GET /events/flood-{n % 50} HTTP/1.1\r\nHost: relay\r\n\r\n".encode()
     response = await raw_request(HOST, port, request, timeout=30)
@@ -94,8 +61,13 @@ async def idle_connection(port: int) -> bytes:
         writer.close()
 
 
-async def test_flood_past_the_limit(module_dsn: str) -> None:
-    async with serve(module_dsn, "--max-streams", str(MAX_STREAMS)) as (pid, port):
+async def test_flood_past_the_limit(module_dsn: str, tmp_path: Path) -> None:
+    async with relay_process(
+        *("--dsn", module_dsn, "--max-streams", str(MAX_STREAMS)),
+        log=tmp_path / "relay.log",
+        env={"SSERELAY_HEADER_TIMEOUT": "1"},
+    ) as relay:
+        pid, port = relay.proc.pid, relay.port
         honest = [await SseClient.open(HOST, port, "/events/honest") for _ in range(HONEST)]
         others = [
             await SseClient.open(HOST, port, "/events/filler") for _ in range(MAX_STREAMS - HONEST)

@@ -9,7 +9,6 @@ PostgreSQL still delivers to it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,9 +16,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from proxy import Proxy
 from sserelay.config import Settings
-from sserelay.events import Event
-from sserelay.hub import READY
 from sserelay.postgres import APPLICATION_NAME
 from sserelay.relay import Relay
 from sserelay.testing import (
@@ -30,6 +28,7 @@ from sserelay.testing import (
     showing_frames,
     wait_until,
 )
+from streams import FakeStream
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -104,34 +103,6 @@ async def test_listen_and_unlisten_follow_subscribers(relay: Relay, dsn: str) ->
     finally:
         for client in (marker, a, b):
             await client.close()
-
-
-class FakeStream:
-    """A hub subscriber with no socket, to drive the hub synchronously."""
-
-    def __init__(self, *channels: str) -> None:
-        self.channels = channels
-        self.pending: set[str] = set()
-        self.next_ping = 0.0
-        self.id_key: tuple[str, ...] | None = None
-        self.frames: list[bytes] = []
-
-    @property
-    def ready(self) -> bool:
-        return READY in self.frames
-
-    def deliver(self, event: Event) -> bool:
-        self.frames.append(event.frame)
-        return True
-
-    def write(self, data: bytes) -> None:
-        self.frames.append(data)
-
-    def close(self, farewell: bytes = b"") -> None:
-        self.frames.append(farewell)
-
-    def abort(self) -> None:
-        pass
 
 
 async def test_ready_only_while_listening_when_resubscribed_during_unlisten(
@@ -323,96 +294,20 @@ async def test_unreachable_database_healthz_503_and_streams_wait(dsn: str) -> No
         await relay.shutdown()
 
 
-class Proxy:
-    """A TCP proxy to PostgreSQL that can be cut (existing connections reset, new ones
-    closed at once) and restored: an outage the relay cannot tell from the real thing."""
-
-    def __init__(self, dsn: str) -> None:
-        params = conninfo_to_dict(dsn)
-        host = str(params.get("host") or "/var/run/postgresql")
-        port = int(params.get("port") or 5432)
-        self.unix = f"{host}/.s.PGSQL.{port}" if host.startswith("/") else None
-        self.target = (host, port)
-        self.dsn = dsn
-        self.up = True
-        self.accepted = 0
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> Proxy:
-        self._server = await asyncio.start_server(self._handle, HOST, 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        self.cut()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        port = self._server.sockets[0].getsockname()[1]
-        return make_conninfo(self.dsn, host=HOST, port=port)
-
-    def cut(self) -> None:
-        self.up = False
-        for writer in list(self._writers):
-            writer.transport.abort()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        self._writers.add(writer)
-        try:
-            if not self.up:
-                return
-            if self.unix:
-                up_reader, up_writer = await asyncio.open_unix_connection(self.unix)
-            else:
-                up_reader, up_writer = await asyncio.open_connection(*self.target)
-            self._writers.add(up_writer)
-            pumps = [
-                asyncio.create_task(self._pump(reader, up_writer)),
-                asyncio.create_task(self._pump(up_reader, writer)),
-            ]
-            self._tasks.update(pumps)
-            try:
-                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for pump in pumps:
-                    pump.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await pump
-                    self._tasks.discard(pump)
-                up_writer.transport.abort()
-                self._writers.discard(up_writer)
-        finally:
-            writer.transport.abort()
-            self._writers.discard(writer)
-
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-
-
 @pytest.fixture
 async def proxy(dsn: str) -> AsyncIterator[Proxy]:
-    async with Proxy(dsn) as proxy:
+    params = conninfo_to_dict(dsn)
+    host = str(params.get("host") or "/var/run/postgresql")
+    async with Proxy(host, int(params.get("port") or 5432)) as proxy:
         yield proxy
 
 
 async def test_outage_then_recovery_keeps_streams_and_readies_new_ones(
     proxy: Proxy, dsn: str
 ) -> None:
-    async with running_relay(proxy.url, heartbeat=30.0, **FAST_RECONNECT) as relay:
+    async with running_relay(
+        make_conninfo(dsn, host=HOST, port=proxy.port), heartbeat=30.0, **FAST_RECONNECT
+    ) as relay:
         listener = relay.listener
         before = await open_ready(relay, "/events/outage")
         during: SseClient | None = None

@@ -6,9 +6,9 @@ import datetime
 import json
 
 from sserelay.durable import LogEvent
-from sserelay.events import Event
 from sserelay.hub import Hub
 from sserelay.replay import CatchUp, ChannelState, IntegerIds, Replay, parse_last_event_id
+from streams import FakeStream
 
 NOW = datetime.datetime.now(datetime.UTC)
 
@@ -30,34 +30,12 @@ class FakeLog(IntegerIds):
         return [LogEvent(i, None, f"m{i}", NOW) for i in self._rows if i > after][: self.batch]
 
 
-class Sink:
-    def __init__(self, *channels: str) -> None:
-        self.channels = channels
-        self.pending: set[str] = set()
-        self.next_ping = 0.0
-        self.id_key: tuple[str, ...] | None = None
-        self.events: list[Event] = []
-
-    def deliver(self, event: Event) -> bool:
-        self.events.append(event)
-        return True
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def close(self, farewell: bytes = b"") -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-
-async def catch_up(log: FakeLog, live: int, start: int) -> Sink:
+async def catch_up(log: FakeLog, live: int, start: int) -> FakeStream:
     hub = Hub()
     replay = Replay(hub, log)  # type: ignore[arg-type]  # the fake has what replay reads
     hub.replay = replay
     replay.enabled = True
-    sink = Sink("c")
+    sink = FakeStream("c")
     replay.states["c"] = state = ChannelState(position=live)
     state.known.set()
     hub.subscribe(sink, CatchUp(positions={"c": start}))

@@ -3,83 +3,22 @@ reaches every client exactly once, in order (PostgreSQL and Redis, ``durable_bus
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
-import re
-import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sserelay.testing import SseClient, SseMessage, StreamClosed, showing_frames, wait_until
+from processes import relay_process
+from sserelay.testing import SseClient, showing_frames, wait_until
+from streams import Feed
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 HOST = "127.0.0.1"
 RELAYS = 3
 CLIENTS_PER_RELAY = 4
-
-
-@contextlib.asynccontextmanager
-async def relay_process(bus: Any, log: Path) -> AsyncIterator[int]:
-    """``python -m sserelay serve`` on ``bus`` as a child process; yields its port."""
-    environ = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("SSERELAY_") and k not in ("DATABASE_URL", "REDIS_URL")
-    }
-    environ["PYTHONUNBUFFERED"] = "1"
-    if bus.kind == "redis":
-        environ["SSERELAY_REDIS_PREFIX"] = bus.prefix
-    with log.open("ab") as stderr:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *("-m", "sserelay", "serve", "--port", "0", *bus.cli_args()),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-            env=environ,
-        )
-    try:
-        assert proc.stdout is not None
-        async with asyncio.timeout(30):
-            line = (await proc.stdout.readline()).decode()
-        match = re.search(r"serving on http://127\.0\.0\.1:(\d+)", line)
-        if not match:
-            text = await asyncio.to_thread(log.read_text)
-            raise AssertionError(f"unexpected first line {line!r}; log:\n{text}")
-        yield int(match.group(1))
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        try:
-            async with asyncio.timeout(15):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
-class Feed:
-    def __init__(self, client: SseClient) -> None:
-        self.client = client
-        self.events: list[SseMessage] = []
-        self.task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        with contextlib.suppress(StreamClosed):
-            while True:
-                self.events.append(await self.client.next_event(timeout=3600))
-
-    async def close(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, StreamClosed):
-            await self.task
-        await self.client.close()
 
 
 async def test_three_relays_every_event_reaches_every_client_once(
@@ -89,10 +28,15 @@ async def test_three_relays_every_event_reaches_every_client_once(
     raw = f"r{uuid.uuid4().hex[:8]}"
     feeds: list[Feed] = []
     async with contextlib.AsyncExitStack() as stack:
-        ports = [
-            await stack.enter_async_context(relay_process(durable_bus, tmp_path / f"relay{i}.log"))
+        # A Redis bus's keys and channels have a prefix of their own (see conftest).
+        env = {"SSERELAY_REDIS_PREFIX": durable_bus.prefix} if durable_bus.kind == "redis" else {}
+        relays = [
+            await stack.enter_async_context(
+                relay_process(*durable_bus.cli_args(), log=tmp_path / f"relay{i}.log", env=env)
+            )
             for i in range(RELAYS)
         ]
+        ports = [relay.port for relay in relays]
         try:
             for i in range(RELAYS * CLIENTS_PER_RELAY):
                 # Clients spread over the relays; some on one channel, some on both.

@@ -5,18 +5,15 @@ come back (``retry:``), ends it properly (the last chunk), and exits 0 within se
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import re
 import signal
 import socket
-import sys
 import time
-from collections.abc import AsyncIterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from processes import relay_process
 from sserelay.relay import Relay
 from sserelay.testing import (
     SseClient,
@@ -39,53 +36,6 @@ def dsn(module_dsn: str) -> str:
     return module_dsn  # isolated: see conftest.module_dsn
 
 
-class RelayProcess:
-    """``python -m sserelay serve`` as a child process on a port the OS picked."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
-        self.proc = proc
-        self.port = port
-        self.stderr = b""
-
-    async def wait(self, timeout: float) -> int:
-        async with asyncio.timeout(timeout):
-            assert self.proc.stderr is not None
-            self.stderr = await self.proc.stderr.read()
-            return await self.proc.wait()
-
-
-@contextlib.asynccontextmanager
-async def relay_process(dsn: str, **env: str) -> AsyncIterator[RelayProcess]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("SSERELAY_")}
-    environ.update(env, PYTHONUNBUFFERED="1")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "sserelay",
-        "serve",
-        "--port",
-        "0",
-        "--dsn",
-        dsn,
-        "--retry",
-        str(RETRY_MS),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=environ,
-    )
-    try:
-        assert proc.stdout is not None
-        async with asyncio.timeout(30):
-            line = (await proc.stdout.readline()).decode()
-        match = re.search(r"serving on http://[^:]+:(\d+)", line)
-        assert match, f"unexpected first line {line!r}"
-        yield RelayProcess(proc, int(match.group(1)))
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
 async def ended_with_last_chunk(client: SseClient) -> None:
     """Read to the end of the stream; it must end with the last chunk, not a reset."""
     with showing_frames(client), pytest.raises(StreamClosed, match="last chunk"):
@@ -104,8 +54,11 @@ def farewell_retry(client: SseClient) -> int:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-async def test_signal_ends_streams_with_retry_and_exits_0(dsn: str, signum: int) -> None:
-    async with relay_process(dsn) as relay:
+async def test_signal_ends_streams_with_retry_and_exits_0(
+    dsn: str, signum: int, tmp_path: Path
+) -> None:
+    args = ("--dsn", dsn, "--retry", str(RETRY_MS))
+    async with relay_process(*args, log=tmp_path / "relay.log") as relay:
         clients = [
             await SseClient.open(HOST, relay.port, path)
             for path in ("/events/bye", "/bye", "/events?channel=bye&channel=later")
@@ -131,9 +84,9 @@ async def test_signal_ends_streams_with_retry_and_exits_0(dsn: str, signum: int)
                 while True:
                     await old.next_message()  # HTTP/1.0: no chunks; the close ends it
             assert farewell_retry(old) >= RETRY_MS
-            assert await relay.wait(timeout=15) == 0, relay.stderr.decode()
+            assert await relay.wait(timeout=15) == 0, relay.stderr()
             assert time.monotonic() - started < 10
-            assert b"Traceback" not in relay.stderr, relay.stderr.decode()
+            assert "Traceback" not in relay.stderr(), relay.stderr()
         finally:
             for client in [*clients, old]:
                 await client.close()
