@@ -81,8 +81,9 @@ def _cannot_listen(settings: Settings, exc: OSError) -> ConfigError:
     return ConfigError(f"cannot listen on {settings.host}:{settings.port}: {reason}")
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    settings = load_settings(
+def serve_settings(args: argparse.Namespace) -> Settings:
+    """The settings of ``serve``: its flags over the environment over the defaults."""
+    return load_settings(
         host=args.host,
         port=args.port,
         workers=args.workers,
@@ -107,6 +108,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         redis_url=args.redis,
         broker=_broker_flag(args),
     )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = serve_settings(args)
     dsn = None
     if settings.bus == "postgres":
         dsn = resolve_dsn(settings.dsn, settings.data_dir, announce=True)

@@ -1,0 +1,94 @@
+"""Every ``serve`` flag lands in the relay's settings, over the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from sserelay import cli
+from sserelay.config import Settings
+from sserelay.errors import ConfigError
+
+SECRET = "k" * 40
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("SSERELAY_") or name in ("DATABASE_URL", "REDIS_URL"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def settings_of(*argv: str) -> Settings:
+    return cli.serve_settings(cli.build_parser().parse_args(["serve", *argv]))
+
+
+def test_security_and_limit_flags(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    settings = settings_of(
+        "--jwt-secret", SECRET,
+        "--public-channel", "news-*",
+        "--public-channel", "lobby",
+        "--token-cookie", "jwt",
+        "--max-streams", "500",
+        "--max-streams-per-client", "10",
+        "--max-streams-per-subject", "0",
+        "--max-stream-lifetime", "15m",
+        "--max-publish-bytes", "2048",
+        "--publish-rate", "2.5",
+        "--publish-burst", "7",
+    )  # fmt: skip
+    expected = {
+        "jwt_secret": SECRET,
+        "public_channels": ("news-*", "lobby"),
+        "token_cookie": "jwt",
+        "max_streams": 500,
+        "max_streams_per_client": 10,
+        "max_streams_per_subject": 0,
+        "max_stream_lifetime": 900.0,
+        "max_publish_bytes": 2048,
+        "publish_rate": 2.5,
+        "publish_burst": 7,
+    }
+    assert {name: getattr(settings, name) for name in expected} == expected
+
+
+def test_flags_win_over_the_environment(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SSERELAY_MAX_STREAMS", "100")
+    clean_env.setenv("SSERELAY_MAX_STREAM_LIFETIME", "1h")
+    clean_env.setenv("SSERELAY_PUBLISH_RATE", "9")
+    from_env = settings_of()
+    assert (from_env.max_streams, from_env.max_stream_lifetime) == (100, 3600.0)
+    assert from_env.publish_rate == 9.0
+    assert settings_of("--max-streams", "7").max_streams == 7
+
+
+def test_public_key_flag(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pem = tmp_path / "key.pem"
+    pem.write_bytes(
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    assert settings_of("--jwt-public-key", str(pem)).jwt_public_key == pem
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--max-streams", "0"], "max_streams must be at least 1"),
+        (["--max-streams-per-client", "-1"], "max_streams_per_client must be 0"),
+        (["--publish-rate", "0"], "publish_rate must be a positive number"),
+        (["--max-publish-bytes", "0"], "max_publish_bytes must be at least 1"),
+    ],
+)
+def test_bad_limits_are_refused(
+    clean_env: pytest.MonkeyPatch, argv: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings_of(*argv)
