@@ -187,3 +187,20 @@ async def test_a_stream_whose_client_left_is_forgotten(django_dsn: str, tmp_path
         await second.close()
     finally:
         srv.stop()
+
+
+async def test_a_response_closed_unread_gives_its_place_back(django_dsn: str) -> None:
+    """Middleware failing after the view, or a client gone before the first byte: Django
+    closes the response without iterating its body; the stream's lease is released."""
+    from django.test import AsyncRequestFactory
+
+    from sserelay.contrib.django.runtime import runtime
+    from sserelay.contrib.django.views import stream
+
+    request = AsyncRequestFactory().get("/sse/events/view-unread")
+    response = await stream(request, channel="view-unread")
+    assert response.status_code == 200
+    limits = (await runtime().get()).access.limits
+    assert limits.total == 1
+    response.close()
+    assert limits.total == 0

@@ -155,10 +155,26 @@ async def stream(
             django.get_version(),
         )
     body = _events(rt, relay, sub, catch_up, lease, state)
-    streaming = StreamingHttpResponse(body)
+    streaming = _StreamResponse(body, lease)
     for name, value in [*SSE_HEADERS, *extra]:
         streaming[name] = value
     return streaming
+
+
+class _StreamResponse(StreamingHttpResponse):
+    """Gives the stream's place in the limits back when Django closes the response, also
+    when the body was never iterated (an exception in middleware, a client gone before
+    the first byte); releasing is idempotent, so the normal path is unaffected."""
+
+    def __init__(self, body: AsyncIterator[bytes], lease: Lease) -> None:
+        super().__init__(body)
+        self._lease = lease
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._lease.release()
 
 
 async def _events(
