@@ -31,7 +31,7 @@ from .events import Event
 from .hub import Hub, retry_hint
 from .publishing import Reply
 from .publishing import request_headers as publish_request_headers
-from .relay import Relay
+from .relay import OpenStreams, Relay
 from .replay import catch_up_request
 from .responses import SSE_HEADERS, cors_headers, error_body, preflight_headers
 from .routes import Endpoint, HttpError, StreamRoute, route
@@ -175,8 +175,7 @@ class RelayApp:
         self._running = False
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
-        self._open_streams = 0
-        self._streams_ended: asyncio.Event | None = None
+        self._streams = OpenStreams()
 
     # -- state -----------------------------------------------------------------------
 
@@ -232,20 +231,7 @@ class RelayApp:
             if relay is None or not self._running:
                 return
             self._running = False
-            # As the native server does: end the streams and let them drain, then stop
-            # the tasks (Relay.shutdown finds no stream left to close).
-            closed = relay.hub.close_all(relay.settings.retry_ms)
-            if closed:
-                log.info("shutdown: closed %d streams", closed)
-            if self._open_streams:
-                self._streams_ended = asyncio.Event()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(relay.settings.shutdown_timeout):
-                        await self._streams_ended.wait()
-                self._streams_ended = None
-            if self._open_streams:
-                log.warning("shutdown: %d streams still sending", self._open_streams)
-            await relay.shutdown()
+            await relay.shutdown_after_streams(self._streams)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: object = None) -> AsyncIterator[None]:
@@ -412,7 +398,7 @@ class RelayApp:
         stream.write(retry_hint(settings.retry_ms))
         # No await since the `closing` check: shutdown cannot miss this stream.
         relay.hub.subscribe(stream, catch_up, lease=lease)
-        self._open_streams += 1
+        self._streams.opened()
         watcher = asyncio.create_task(
             _watch_disconnect(receive, stream), name="sserelay-asgi-disconnect"
         )
@@ -441,13 +427,8 @@ class RelayApp:
                 task.uncancel()
         finally:
             relay.hub.unsubscribe(stream)
-            self._stream_ended()
+            self._streams.ended()
             await _stop(watcher)
-
-    def _stream_ended(self) -> None:
-        self._open_streams -= 1
-        if not self._open_streams and self._streams_ended is not None:
-            self._streams_ended.set()
 
 
 def route_path(scope: Scope) -> str:

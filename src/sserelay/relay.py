@@ -37,6 +37,37 @@ if TYPE_CHECKING:
 log = logging.getLogger("sserelay")
 
 
+class OpenStreams:
+    """The streams a front writes itself (the ASGI app, the Django view): at shutdown the
+    relay waits for them to send their farewell before stopping (see
+    :meth:`Relay.shutdown_after_streams`). The native server's connections need no count:
+    the relay holds them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._none_left: asyncio.Event | None = None
+
+    def opened(self) -> None:
+        self.count += 1
+
+    def ended(self) -> None:
+        self.count -= 1
+        if not self.count and self._none_left is not None:
+            self._none_left.set()
+
+    async def wait_ended(self, timeout: float) -> None:
+        """Until none is left, or ``timeout`` seconds."""
+        if not self.count:
+            return
+        self._none_left = asyncio.Event()
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._none_left.wait()
+        finally:
+            self._none_left = None
+
+
 class Relay:
     """One relay process. Use ``async with Relay(settings, dsn=...)`` or start/shutdown.
 
@@ -180,6 +211,18 @@ class Relay:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1):
                     await self._server.wait_closed()
+
+    async def shutdown_after_streams(self, streams: OpenStreams) -> None:
+        """Shutdown for a front that writes its own streams: send each a jittered
+        ``retry:`` and end it, wait up to ``shutdown_timeout`` for ``streams`` to send
+        that, then :meth:`shutdown` (which finds no stream left to close)."""
+        closed = self.hub.close_all(self.settings.retry_ms)
+        if closed:
+            log.info("shutdown: closed %d streams", closed)
+        await streams.wait_ended(self.settings.shutdown_timeout)
+        if streams.count:
+            log.warning("shutdown: %d streams still sending", streams.count)
+        await self.shutdown()
 
     async def _prune_forever(self) -> None:
         """Apply the retention settings every ``prune_interval`` seconds (jittered).

@@ -14,7 +14,6 @@ app's :class:`~sserelay.contrib.django.apps.SserelayConfig`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -23,7 +22,7 @@ from django.db import connections
 from psycopg.conninfo import make_conninfo
 
 from ...errors import ConfigError, SseRelayError
-from ...relay import Relay
+from ...relay import OpenStreams, Relay
 from . import conf
 
 log = logging.getLogger("sserelay.django")
@@ -68,10 +67,10 @@ class RelayRuntime:
         self._relay: Relay | None = None
         self._lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.open_streams = 0
+        #: Streams this process's views are writing (shutdown waits for their farewell).
+        self.streams = OpenStreams()
         #: The "Django 4.2 cannot tell us a client left" warning was logged.
         self.warned_no_disconnect = False
-        self._streams_ended: asyncio.Event | None = None
 
     @property
     def relay(self) -> Relay | None:
@@ -104,14 +103,6 @@ class RelayRuntime:
                 log.info("sserelay: in-process relay started (one listener for this process)")
             return self._relay
 
-    def stream_opened(self) -> None:
-        self.open_streams += 1
-
-    def stream_ended(self) -> None:
-        self.open_streams -= 1
-        if not self.open_streams and self._streams_ended is not None:
-            self._streams_ended.set()
-
     async def shutdown(self) -> None:
         """End every stream with a jittered ``retry:``, wait for them to send it (up to
         ``SHUTDOWN_TIMEOUT``), then stop the listener. Idempotent."""
@@ -122,16 +113,7 @@ class RelayRuntime:
             if self._relay is not relay:
                 return
             self._relay = None
-            closed = relay.hub.close_all(relay.settings.retry_ms)
-            if closed:
-                log.info("shutdown: closed %d streams", closed)
-            if self.open_streams:
-                self._streams_ended = asyncio.Event()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(relay.settings.shutdown_timeout):
-                        await self._streams_ended.wait()
-                self._streams_ended = None
-            await relay.shutdown()
+            await relay.shutdown_after_streams(self.streams)
 
 
 def runtime() -> RelayRuntime:

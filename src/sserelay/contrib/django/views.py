@@ -189,7 +189,7 @@ async def _events(
     retry_ms = relay.settings.retry_ms
     sub.write(retry_hint(retry_ms))
     relay.hub.subscribe(sub, catch_up, lease=lease)
-    rt.stream_opened()
+    rt.streams.opened()
     try:
         async for chunk in sub.chunks():
             yield chunk
@@ -204,6 +204,6 @@ async def _events(
             yield sub.take() + retry_hint(retry_ms, farewell=True)
     finally:
         relay.hub.unsubscribe(sub)
-        rt.stream_ended()
+        rt.streams.ended()
         if isinstance(state, RequestState):
             state.finished.set()
