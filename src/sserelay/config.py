@@ -7,11 +7,12 @@ Environment variables (the names ``sse-relay-server`` used keep their meaning):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,76 +262,16 @@ def parse_origins(value: str) -> tuple[str, ...]:
     return origins
 
 
-_ENV_FLOATS = {
-    "SSERELAY_HEARTBEAT": "heartbeat",
-    "SSERELAY_HEADER_TIMEOUT": "header_timeout",
-    "SSERELAY_PROBE_INTERVAL": "probe_interval",
-    "SSERELAY_SHUTDOWN_TIMEOUT": "shutdown_timeout",
-    "SSERELAY_PUBLISH_RATE": "publish_rate",
-}
-_ENV_INTS = {
-    "SSERELAY_PORT": "port",
-    "SSERELAY_WORKERS": "workers",
-    "SSERELAY_RETRY_MS": "retry_ms",
-    "SSERELAY_MAX_CLIENT_BUFFER": "max_client_buffer",
-    "SSERELAY_MAX_CHANNELS": "max_channels_per_stream",
-    "SSERELAY_MAX_HEADER_BYTES": "max_header_bytes",
-    "SSERELAY_RETENTION_COUNT": "retention_count",
-    "SSERELAY_MAX_REPLAY": "max_replay",
-    "SSERELAY_MAX_PUBLISH_BYTES": "max_publish_bytes",
-    "SSERELAY_PUBLISH_BURST": "publish_burst",
-    "SSERELAY_MAX_STREAMS": "max_streams",
-    "SSERELAY_MAX_STREAMS_PER_CLIENT": "max_streams_per_client",
-    "SSERELAY_MAX_STREAMS_PER_SUBJECT": "max_streams_per_subject",
-}
+def _text(var: str, raw: str) -> str:
+    return raw
 
 
-def settings_from_env(env: Mapping[str, str] | None = None) -> dict[str, object]:
-    """The settings the environment sets, as keyword arguments for :class:`Settings`."""
-    env = os.environ if env is None else env
-    out: dict[str, object] = {}
-    if env.get("DATABASE_URL"):
-        out["dsn"] = env["DATABASE_URL"]
-    if env.get("SSERELAY_LISTEN_DSN"):
-        out["listen_dsn"] = env["SSERELAY_LISTEN_DSN"]
-    redis_url = env.get("SSERELAY_REDIS_URL") or env.get("REDIS_URL")
-    if redis_url:
-        out["redis_url"] = redis_url
-    if env.get("SSERELAY_BROKER"):
-        out["broker"] = env["SSERELAY_BROKER"].strip().lower()
-    if env.get("SSERELAY_REDIS_PREFIX"):
-        out["redis_prefix"] = env["SSERELAY_REDIS_PREFIX"]
-    if env.get("SSERELAY_HOST"):
-        out["host"] = env["SSERELAY_HOST"]
-    if env.get("SSERELAY_DATA_DIR"):
-        out["data_dir"] = Path(env["SSERELAY_DATA_DIR"])
-    if env.get("ALLOWED_ORIGINS"):
-        out["allowed_origins"] = parse_origins(env["ALLOWED_ORIGINS"])
-    if env.get("LOG_LEVEL"):
-        out["log_level"] = parse_log_level(env["LOG_LEVEL"])
-    if env.get("SSERELAY_JWT_SECRET"):
-        out["jwt_secret"] = env["SSERELAY_JWT_SECRET"]
-    if env.get("SSERELAY_JWT_PUBLIC_KEY"):
-        out["jwt_public_key"] = Path(env["SSERELAY_JWT_PUBLIC_KEY"])
-    if env.get("SSERELAY_PUBLIC_CHANNELS"):
-        out["public_channels"] = parse_patterns(env["SSERELAY_PUBLIC_CHANNELS"])
-    if env.get("SSERELAY_TOKEN_COOKIE"):
-        out["token_cookie"] = env["SSERELAY_TOKEN_COOKIE"]
-    if env.get("SSERELAY_RETENTION_AGE"):
-        out["retention_age"] = parse_duration(
-            env["SSERELAY_RETENTION_AGE"], "SSERELAY_RETENTION_AGE"
-        )
-    if env.get("SSERELAY_MAX_STREAM_LIFETIME"):
-        out["max_stream_lifetime"] = parse_duration(
-            env["SSERELAY_MAX_STREAM_LIFETIME"], "SSERELAY_MAX_STREAM_LIFETIME"
-        )
-    for var, name in _ENV_FLOATS.items():
-        if env.get(var):
-            out[name] = _number(var, env[var], float)
-    for var, name in _ENV_INTS.items():
-        if env.get(var):
-            out[name] = _number(var, env[var], int)
-    return out
+def _lower(var: str, raw: str) -> str:
+    return raw.strip().lower()
+
+
+def _path(var: str, raw: str) -> Path:
+    return Path(raw)
 
 
 def _number(var: str, raw: str, kind: type[int] | type[float]) -> int | float:
@@ -338,6 +279,63 @@ def _number(var: str, raw: str, kind: type[int] | type[float]) -> int | float:
         return kind(raw)
     except ValueError:
         raise ConfigError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
+
+
+_int = functools.partial(_number, kind=int)
+_float = functools.partial(_number, kind=float)
+
+
+#: Environment variable -> (setting, parser of (variable, text)). An empty value is unset.
+_ENV: dict[str, tuple[str, Callable[[str, str], object]]] = {
+    "DATABASE_URL": ("dsn", _text),
+    "SSERELAY_LISTEN_DSN": ("listen_dsn", _text),
+    "SSERELAY_BROKER": ("broker", _lower),
+    "SSERELAY_REDIS_PREFIX": ("redis_prefix", _text),
+    "SSERELAY_HOST": ("host", _text),
+    "SSERELAY_DATA_DIR": ("data_dir", _path),
+    "ALLOWED_ORIGINS": ("allowed_origins", lambda var, raw: parse_origins(raw)),
+    "LOG_LEVEL": ("log_level", lambda var, raw: parse_log_level(raw)),
+    "SSERELAY_JWT_SECRET": ("jwt_secret", _text),
+    "SSERELAY_JWT_PUBLIC_KEY": ("jwt_public_key", _path),
+    "SSERELAY_PUBLIC_CHANNELS": ("public_channels", lambda var, raw: parse_patterns(raw)),
+    "SSERELAY_TOKEN_COOKIE": ("token_cookie", _text),
+    "SSERELAY_RETENTION_AGE": ("retention_age", lambda var, raw: parse_duration(raw, var)),
+    "SSERELAY_MAX_STREAM_LIFETIME": (
+        "max_stream_lifetime",
+        lambda var, raw: parse_duration(raw, var),
+    ),
+    "SSERELAY_HEARTBEAT": ("heartbeat", _float),
+    "SSERELAY_HEADER_TIMEOUT": ("header_timeout", _float),
+    "SSERELAY_PROBE_INTERVAL": ("probe_interval", _float),
+    "SSERELAY_SHUTDOWN_TIMEOUT": ("shutdown_timeout", _float),
+    "SSERELAY_PUBLISH_RATE": ("publish_rate", _float),
+    "SSERELAY_PORT": ("port", _int),
+    "SSERELAY_WORKERS": ("workers", _int),
+    "SSERELAY_RETRY_MS": ("retry_ms", _int),
+    "SSERELAY_MAX_CLIENT_BUFFER": ("max_client_buffer", _int),
+    "SSERELAY_MAX_CHANNELS": ("max_channels_per_stream", _int),
+    "SSERELAY_MAX_HEADER_BYTES": ("max_header_bytes", _int),
+    "SSERELAY_RETENTION_COUNT": ("retention_count", _int),
+    "SSERELAY_MAX_REPLAY": ("max_replay", _int),
+    "SSERELAY_MAX_PUBLISH_BYTES": ("max_publish_bytes", _int),
+    "SSERELAY_PUBLISH_BURST": ("publish_burst", _int),
+    "SSERELAY_MAX_STREAMS": ("max_streams", _int),
+    "SSERELAY_MAX_STREAMS_PER_CLIENT": ("max_streams_per_client", _int),
+    "SSERELAY_MAX_STREAMS_PER_SUBJECT": ("max_streams_per_subject", _int),
+}
+
+
+def settings_from_env(env: Mapping[str, str] | None = None) -> dict[str, object]:
+    """The settings the environment sets, as keyword arguments for :class:`Settings`."""
+    env = os.environ if env is None else env
+    out: dict[str, object] = {}
+    redis_url = env.get("SSERELAY_REDIS_URL") or env.get("REDIS_URL")
+    if redis_url:
+        out["redis_url"] = redis_url
+    for var, (name, parse) in _ENV.items():
+        if env.get(var):
+            out[name] = parse(var, env[var])
+    return out
 
 
 def load_settings(**overrides: object) -> Settings:
