@@ -412,7 +412,9 @@ class ChannelPolicy:
         for channel in private:
             if not access.can_subscribe(channel):
                 raise AuthError(
-                    403, f"token does not allow subscribing to channel {channel[:80]!r}"
+                    403,
+                    f"token does not allow subscribing to channel {channel[:80]!r}",
+                    subject=access.subject,
                 )
         return access
 
@@ -423,9 +425,18 @@ class ChannelPolicy:
         if token is None:
             raise AuthError(401, "publishing needs a token")
         access = self.verifier.verify(token)
-        if not access.can_publish(channel):
-            raise AuthError(403, f"token does not allow publishing to channel {channel[:80]!r}")
+        self.check_publish(channel, access)
         return access
+
+    @staticmethod
+    def check_publish(channel: str, access: Access) -> None:
+        """AuthError 403 unless the verified ``access`` covers publishing to ``channel``."""
+        if not access.can_publish(channel):
+            raise AuthError(
+                403,
+                f"token does not allow publishing to channel {channel[:80]!r}",
+                subject=access.subject,
+            )
 
 
 def policy_from_settings(settings: Settings) -> ChannelPolicy:

@@ -50,9 +50,10 @@ class AuthError(SseRelayError):
     """A request the channel policy refuses: ``status`` is 401 (no valid token: missing,
     malformed, expired, badly signed...) or 403 (a valid token that does not cover the
     channel), ``reason`` a one-line explanation safe to send to the client (it never
-    contains the token)."""
+    contains the token). On a 403, ``subject`` is the verified token's ``sub`` (for logs)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, *, subject: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.subject = subject

@@ -226,19 +226,21 @@ class Publisher:
         params = _query(query)
         # Never the cookie: a cross-site form would carry it (CSRF).
         token = token_from({"authorization": headers.get("authorization", "")}, params, "")
+        # The token is verified once, before the body is parsed: a bad token is a 401
+        # whatever the body holds.
         try:
             if token is None:
                 raise AuthError(401, "publishing needs a token")
             assert self.policy.verifier is not None  # enabled
-            self.policy.verifier.verify(token)
+            access = self.policy.verifier.verify(token)
         except AuthError as exc:
             return self._auth_refusal(exc, token)
         message = parse(_content_type(headers), body)
         try:
-            access = self.policy.authorise_publish(message.channel, token)
+            self.policy.check_publish(message.channel, access)
         except AuthError as exc:
             return self._auth_refusal(exc, token)
-        key = f"sub:{access.subject}" if access and access.subject else f"addr:{client or '?'}"
+        key = f"sub:{access.subject}" if access.subject else f"addr:{client or '?'}"
         wait = self.limiter.take(key)
         if wait:
             seconds = max(1, math.ceil(wait))
