@@ -29,12 +29,12 @@ from .config import Settings, load_settings
 from .errors import SseRelayError
 from .events import Event
 from .hub import Hub, retry_hint
-from .publishing import Reply
+from .publishing import Publisher, Reply
 from .publishing import request_headers as publish_request_headers
 from .relay import OpenStreams, Relay
 from .replay import catch_up_request
 from .responses import SSE_HEADERS, cors_headers, error_body, preflight_headers
-from .routes import Endpoint, HttpError, StreamRoute, route
+from .routes import Endpoint, HttpError, StreamRoute, request_timeout, route
 
 __all__ = ["AsgiStream", "RelayApp", "app", "create_app", "route_path"]
 
@@ -345,13 +345,11 @@ class RelayApp:
         if refused is None:
             try:
                 async with asyncio.timeout(relay.settings.header_timeout):
-                    body = await _read_body(receive, publisher.limit)
+                    body = await _read_body(receive, publisher)
             except HttpError as exc:
                 refused = exc
             except TimeoutError:
-                refused = HttpError(
-                    408, f"request not received within {relay.settings.header_timeout:g}s"
-                )
+                refused = request_timeout(relay.settings.header_timeout)
             else:
                 if body is None:
                     return  # the client left
@@ -506,8 +504,9 @@ def _request_headers(scope: Scope) -> dict[str, str]:
     return out
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The request body, or None if the client disconnected; HttpError 413 past ``limit``."""
+async def _read_body(receive: Receive, publisher: Publisher) -> bytes | None:
+    """The request body, or None if the client disconnected; HttpError 413 past the
+    publisher's limit."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -516,8 +515,8 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return None
         chunk = bytes(message.get("body", b""))
         size += len(chunk)
-        if size > limit:
-            raise HttpError(413, f"request body is over the limit of {limit} bytes")
+        if size > publisher.limit:
+            raise publisher.too_large()
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

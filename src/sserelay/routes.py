@@ -32,6 +32,11 @@ class HttpError(Exception):
         self.headers = headers
 
 
+def request_timeout(seconds: float) -> HttpError:
+    """408: the request (head, or a publish body) did not arrive in time."""
+    return HttpError(408, f"request not received within {seconds:g}s")
+
+
 @dataclass(frozen=True, slots=True)
 class StreamRoute:
     channels: tuple[str, ...]

@@ -25,7 +25,7 @@ from .events import Event
 from .hub import retry_hint
 from .replay import catch_up_request
 from .responses import SSE_HEADERS, cors_headers, error_body, head, preflight_headers
-from .routes import Endpoint, HttpError, StreamRoute, route
+from .routes import Endpoint, HttpError, StreamRoute, request_timeout, route
 
 if TYPE_CHECKING:
     from .relay import Relay
@@ -259,9 +259,7 @@ class HttpConnection(asyncio.Protocol):
     def _head_timeout(self) -> None:
         self.timer = None
         if not self.done:
-            self.fail(
-                HttpError(408, f"request not received within {self.settings.header_timeout:g}s")
-            )
+            self.fail(request_timeout(self.settings.header_timeout))
 
     def _cancel_timer(self) -> None:
         if self.timer is not None:
