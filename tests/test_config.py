@@ -94,6 +94,14 @@ def test_other_variables_are_ignored() -> None:
         ("ALLOWED_ORIGINS", "https://ok.com,bad", "ALLOWED_ORIGINS entry 'bad' is not an origin"),
         ("LOG_LEVEL", "LOUD", "LOG_LEVEL='LOUD' is not a log level"),
         ("LOG_LEVEL", "info please", "LOG_LEVEL='info please' is not a log level"),
+        ("SSERELAY_MAX_STREAMS", "10k", "SSERELAY_MAX_STREAMS='10k' is not a valid int"),
+        ("SSERELAY_MAX_STREAMS_PER_CLIENT", "x", "SSERELAY_MAX_STREAMS_PER_CLIENT='x' is not"),
+        ("SSERELAY_MAX_STREAMS_PER_SUBJECT", "1.5", "SSERELAY_MAX_STREAMS_PER_SUBJECT='1.5'"),
+        ("SSERELAY_MAX_PUBLISH_BYTES", "64KiB", "SSERELAY_MAX_PUBLISH_BYTES='64KiB' is not"),
+        ("SSERELAY_PUBLISH_BURST", "lots", "SSERELAY_PUBLISH_BURST='lots' is not a valid int"),
+        ("SSERELAY_PUBLISH_RATE", "50/s", "SSERELAY_PUBLISH_RATE='50/s' is not a valid float"),
+        ("SSERELAY_MAX_STREAM_LIFETIME", "soon", "SSERELAY_MAX_STREAM_LIFETIME"),
+        ("SSERELAY_RETENTION_AGE", "-1d", "SSERELAY_RETENTION_AGE"),
     ],
 )
 def test_bad_values_name_the_variable(var: str, value: str, message: str) -> None:
@@ -102,6 +110,24 @@ def test_bad_values_name_the_variable(var: str, value: str, message: str) -> Non
     assert str(info.value).startswith(message), str(info.value)
     assert "\n" not in str(info.value)
     assert isinstance(info.value, SseRelayError)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SSERELAY_MAX_STREAMS": "0"}, "max_streams must be at least 1"),
+        ({"SSERELAY_MAX_STREAMS_PER_CLIENT": "-1"}, "max_streams_per_client must be 0"),
+        ({"SSERELAY_MAX_STREAMS_PER_SUBJECT": "-2"}, "max_streams_per_subject must be 0"),
+        ({"SSERELAY_PUBLISH_RATE": "0"}, "publish_rate must be a positive number"),
+        ({"SSERELAY_PUBLISH_RATE": "inf"}, "publish_rate must be a positive number"),
+        ({"SSERELAY_PUBLISH_BURST": "0"}, "publish_burst must be at least 1"),
+        ({"SSERELAY_MAX_PUBLISH_BYTES": "0"}, "max_publish_bytes must be at least 1"),
+        ({"SSERELAY_PUBLIC_CHANNELS": "ok, bad\x01"}, "contains a control character"),
+    ],
+)
+def test_out_of_range_limits_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings(**settings_from_env(env))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
