@@ -30,7 +30,6 @@ from .errors import SseRelayError
 from .events import Event
 from .hub import Hub, retry_hint
 from .publishing import Publisher, Reply
-from .publishing import request_headers as publish_request_headers
 from .relay import OpenStreams, Relay
 from .replay import catch_up_request
 from .responses import SSE_HEADERS, cors_headers, error_body, preflight_headers
@@ -48,7 +47,11 @@ Send = Callable[[Message], Awaitable[None]]
 #: Seconds a cancelled stream may spend sending its farewell ``retry:``.
 FAREWELL_TIMEOUT = 1.0
 
-_REQUEST_HEADERS = frozenset({"origin", "last-event-id", "authorization", "cookie"})
+#: The request headers read (the last of each; Cookie headers are joined), as the native
+#: server keeps them.
+_REQUEST_HEADERS = frozenset(
+    {"origin", "last-event-id", "authorization", "cookie", "content-type", "content-length"}
+)
 
 
 class AsgiStream:
@@ -316,7 +319,7 @@ class RelayApp:
             return
         if isinstance(target, Endpoint) and target.name == "publish":
             extra = cors_headers(origin, settings.allowed_origins)
-            await self._publish(relay, scope, query, extra, receive, send)
+            await self._publish(relay, scope, headers, query, extra, receive, send)
             return
         if isinstance(target, Endpoint):
             status, ctype, body = relay.endpoint(target.name)
@@ -331,6 +334,7 @@ class RelayApp:
         self,
         relay: Relay,
         scope: Scope,
+        headers: dict[str, str],
         query: str,
         extra_headers: list[tuple[str, str]],
         receive: Receive,
@@ -339,7 +343,6 @@ class RelayApp:
         """``POST /publish``: refuse from the head if possible, else read the body (at most
         the limit, within the head timeout) and let the publisher answer."""
         publisher = relay.publisher
-        headers = publish_request_headers(scope.get("headers", ()))
         reply: Reply | None = None
         refused = publisher.precheck(headers)
         if refused is None:

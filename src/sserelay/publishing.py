@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -49,8 +49,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sserelay.publishing")
 
 DISABLED_REASON = "publishing over HTTP needs a JWT key; see docs/security.md"
-#: The request headers the endpoint reads (lower-case).
-REQUEST_HEADERS = frozenset({"authorization", "content-type", "content-length", "origin"})
 FIELDS = ("channel", "data", "event", "id")
 #: Seconds to wait for a database connection before answering 503.
 CONNECT_TIMEOUT = 5.0
@@ -420,15 +418,3 @@ def _form_fields(text: str) -> dict[str, str]:
     if not fields and text.strip():
         raise HttpError(400, "invalid form: no name=value field")
     return fields
-
-
-def request_headers(pairs: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
-    """The headers :class:`Publisher` reads, from raw (name, value) pairs (lower-cased
-    names; several of the same name joined with ``", "``)."""
-    out: dict[str, str] = {}
-    for name, value in pairs:
-        key = bytes(name).decode("latin-1").lower()
-        if key in REQUEST_HEADERS:
-            text = bytes(value).decode("latin-1")
-            out[key] = f"{out[key]}, {text}" if key in out else text
-    return out
