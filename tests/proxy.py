@@ -8,17 +8,24 @@ import contextlib
 HOST = "127.0.0.1"
 
 
+async def open_upstream(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the broker at ``host``:``port``. A ``host`` that is a directory
+    (``/var/run/postgresql``, as in a DSN; the embedded PostgreSQL's) means PostgreSQL's
+    unix socket in it."""
+    if host.startswith("/"):
+        return await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+    return await asyncio.open_connection(host, port)
+
+
 class Proxy:
     """A TCP proxy that can be cut (existing connections reset, new ones closed at once) and
     restored (``up = True``): to the relay behind it, the broker is down, as during a restart.
 
-    ``async with Proxy(host, port) as proxy:`` listens on ``HOST`` and ``proxy.port``. A
-    ``host`` that is a directory (``/var/run/postgresql``, as in a DSN) means PostgreSQL's
-    unix socket in it.
+    ``async with Proxy(host, port) as proxy:`` listens on ``HOST`` and ``proxy.port``; the
+    broker is reached with :func:`open_upstream`.
     """
 
     def __init__(self, host: str, port: int) -> None:
-        self.unix = f"{host}/.s.PGSQL.{port}" if host.startswith("/") else None
         self.target = (host, port)
         self.up = True
         self.accepted = 0
@@ -57,10 +64,7 @@ class Proxy:
         try:
             if not self.up:
                 return
-            if self.unix:
-                up_reader, up_writer = await asyncio.open_unix_connection(self.unix)
-            else:
-                up_reader, up_writer = await asyncio.open_connection(*self.target)
+            up_reader, up_writer = await open_upstream(*self.target)
             self._writers.add(up_writer)
             pumps = [
                 asyncio.create_task(self._pump(reader, up_writer)),

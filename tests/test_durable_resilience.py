@@ -31,6 +31,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from processes import relay_process
+from proxy import open_upstream
 from sserelay.durable import apublish_durable, prune
 from sserelay.postgres import APPLICATION_NAME as LISTENER_APP
 from sserelay.testing import (
@@ -826,7 +827,7 @@ class HeldProxy:
         self.flowing.set()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        up_reader, up_writer = await open_upstream(*self.target)
         self._writers += [writer, up_writer]
         self._tasks += [
             asyncio.create_task(self._pipe(reader, up_writer, upstream=True)),
