@@ -35,7 +35,7 @@ from typing import Any
 
 import redis
 
-from sserelay.redis_log import PUBLISH_LUA, RedisBus, stream_key
+from sserelay.bus.redis.log import PUBLISH_LUA, RedisBus, stream_key
 
 BENCH = Path(__file__).resolve().parent
 DATA = "x" * 100

@@ -19,8 +19,8 @@ import pytest
 import redis
 import redis.asyncio
 
-from sserelay import redis_log
-from sserelay.durable import apublish_durable, prune
+from sserelay.bus.postgres.durable import apublish_durable, prune
+from sserelay.bus.redis import log as redis_log
 from sserelay.relay import Relay
 from sserelay.testing import notify, running_relay, temporary_database
 
@@ -31,7 +31,7 @@ def dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if configured:
         yield configured
         return
-    from sserelay.embedded import start_embedded
+    from sserelay.bus.postgres.embedded import start_embedded
 
     yield start_embedded(Path(tmp_path_factory.mktemp("pg")) / "pgdata")
 

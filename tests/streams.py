@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from sserelay.events import Event
-from sserelay.hub import READY
+from sserelay.core.hub import READY
 from sserelay.testing import SseClient, SseMessage, StreamClosed
+from sserelay.wire.envelope import Event
 
 
 class FakeStream:

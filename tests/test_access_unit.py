@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from sserelay.access import StreamAccess, StreamLimits
+from sserelay.access.admission import StreamAccess, StreamLimits
 from sserelay.config import Settings
-from sserelay.hub import Hub
-from sserelay.publishing import RateLimiter
-from sserelay.routes import HttpError
+from sserelay.core.hub import Hub
+from sserelay.http.publish import RateLimiter
+from sserelay.http.routes import HttpError
 from streams import FakeStream
 
 

@@ -21,11 +21,10 @@ import pytest
 
 from fronts import Served, uvicorn_serving
 from sserelay import asgi
-from sserelay.asgi import AsgiStream, RelayApp, create_app, route_path
+from sserelay.bus.postgres.listener import APPLICATION_NAME
 from sserelay.config import Settings
 from sserelay.errors import ConfigError
-from sserelay.events import Event
-from sserelay.postgres import APPLICATION_NAME
+from sserelay.http.asgi import AsgiStream, RelayApp, create_app, route_path
 from sserelay.testing import (
     RawResponse,
     SseClient,
@@ -34,6 +33,7 @@ from sserelay.testing import (
     running_relay,
     wait_until,
 )
+from sserelay.wire.envelope import Event
 
 # -- helpers -----------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sserelay import cli
-from sserelay.auth import (
+from sserelay.access.tokens import (
     AUDIENCE,
     MAX_TOKEN_CHARS,
     Access,

@@ -29,8 +29,8 @@ import pytest
 from psycopg import sql
 
 import sserelay
-from sserelay.events import event_from_notification
 from sserelay.testing import SseClient
+from sserelay.wire.envelope import event_from_notification
 
 pytestmark = pytest.mark.integration
 

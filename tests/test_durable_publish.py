@@ -20,10 +20,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from sserelay import cli, durable, schema
-from sserelay.durable import apublish_durable, publish_durable
+from sserelay import cli
+from sserelay.bus.postgres import durable, schema
+from sserelay.bus.postgres.durable import apublish_durable, publish_durable
+from sserelay.bus.publish import apublish, publish
 from sserelay.errors import ConfigError, InvalidChannel, InvalidEvent, PayloadTooLarge
-from sserelay.publish import apublish, publish
 from sserelay.testing import temporary_database
 
 pytestmark = pytest.mark.integration

@@ -32,8 +32,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from processes import relay_process
 from proxy import open_upstream
-from sserelay.durable import apublish_durable, prune
-from sserelay.postgres import APPLICATION_NAME as LISTENER_APP
+from sserelay.bus.postgres.durable import apublish_durable, prune
+from sserelay.bus.postgres.listener import APPLICATION_NAME as LISTENER_APP
 from sserelay.testing import (
     SseClient,
     SseMessage,

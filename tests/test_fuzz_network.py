@@ -41,7 +41,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sserelay.auth import mint_token
+from sserelay.access.tokens import mint_token
 from sserelay.relay import Relay
 from sserelay.testing import SseClient, notify, running_relay, showing_frames
 

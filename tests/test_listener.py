@@ -17,8 +17,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from proxy import Proxy
+from sserelay.bus.postgres.listener import APPLICATION_NAME
 from sserelay.config import Settings
-from sserelay.postgres import APPLICATION_NAME
 from sserelay.relay import Relay
 from sserelay.testing import (
     SseClient,

@@ -19,13 +19,13 @@ import redis.asyncio
 
 import sserelay
 from sserelay import cli
-from sserelay.auth import mint_token
+from sserelay.access.tokens import mint_token
+from sserelay.bus.redis.listener import CLIENT_NAME
+from sserelay.bus.redis.log import MAX_RAW_PAYLOAD_BYTES, RedisBus, entry_id, position, stream_key
 from sserelay.config import Settings, load_settings, settings_from_env
+from sserelay.core.replay import parse_last_event_id
 from sserelay.errors import ConfigError, InvalidChannel, PayloadTooLarge
-from sserelay.redis_broker import CLIENT_NAME
-from sserelay.redis_log import MAX_RAW_PAYLOAD_BYTES, RedisBus, entry_id, position, stream_key
 from sserelay.relay import Relay
-from sserelay.replay import parse_last_event_id
 from sserelay.testing import SseClient, raw_request, running_relay, showing_frames, wait_until
 
 HOST = "127.0.0.1"

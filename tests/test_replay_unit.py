@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime
 import json
 
-from sserelay.durable import LogEvent
-from sserelay.hub import Hub
-from sserelay.replay import CatchUp, ChannelState, IntegerIds, Replay, parse_last_event_id
+from sserelay.bus.postgres.durable import LogEvent
+from sserelay.core.hub import Hub
+from sserelay.core.replay import CatchUp, ChannelState, IntegerIds, Replay, parse_last_event_id
 from streams import FakeStream
 
 NOW = datetime.datetime.now(datetime.UTC)

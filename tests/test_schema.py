@@ -17,10 +17,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from sserelay import cli, schema
-from sserelay.durable import publish_durable
+from sserelay import cli
+from sserelay.bus.postgres import schema
+from sserelay.bus.postgres.durable import publish_durable
+from sserelay.bus.publish import publish
 from sserelay.errors import ConfigError, InvalidChannel, InvalidEvent, SchemaMissing
-from sserelay.publish import publish
 from sserelay.testing import temporary_database
 
 pytestmark = pytest.mark.integration

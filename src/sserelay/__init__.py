@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .channels import validate_channel
-from .durable import apublish_durable, publish_durable
+from .bus.postgres.durable import apublish_durable, publish_durable
+from .bus.publish import apublish, encode_payload, publish
 from .errors import (
     BrokerUnavailable,
     ConfigError,
@@ -14,7 +14,7 @@ from .errors import (
     SchemaMissing,
     SseRelayError,
 )
-from .publish import apublish, encode_payload, publish
+from .wire.channels import validate_channel
 
 __version__ = "0.1.0"
 

@@ -19,7 +19,7 @@ from typing import Any
 from . import __version__, config
 from .config import Settings, load_settings, parse_log_level, settings_from_env
 from .errors import ConfigError, SseRelayError
-from .events import event_from_notification
+from .wire.envelope import event_from_notification
 
 log = logging.getLogger("sserelay")
 
@@ -39,7 +39,7 @@ def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
 def resolve_dsn(dsn: str | None, data_dir: Path | None, *, announce: bool) -> str:
     if dsn:
         return dsn
-    from .embedded import start_embedded
+    from .bus.postgres.embedded import start_embedded
 
     dsn = start_embedded(data_dir)
     if announce:
@@ -135,13 +135,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from .publish import publish
+    from .bus.publish import publish
 
     data = sys.stdin.read() if args.data == "-" else args.data
     bus = _bus_settings(args)
     target: Any
     if bus.bus == "redis":
-        from .redis_log import RedisBus
+        from .bus.redis.log import RedisBus
 
         assert bus.redis_url is not None
         target = RedisBus(
@@ -170,7 +170,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from .schema import migrate
+    from .bus.postgres.schema import migrate
 
     if _bus_settings(args).bus == "redis":
         print("sserelay: Redis needs no migration (streams appear on first publish)", flush=True)
@@ -195,7 +195,7 @@ def _seconds(text: str) -> float:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .durable import prune
+    from .bus.postgres.durable import prune
 
     if args.max_age is None and args.max_count is None:
         print("sserelay: error: prune needs --max-age and/or --max-count", file=sys.stderr)
@@ -215,7 +215,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 async def _prune_redis(
     bus: Settings, max_age: datetime.timedelta | None, max_count: int | None
 ) -> int:
-    from .redis_log import RedisLog
+    from .bus.redis.log import RedisLog
 
     assert bus.redis_url is not None
     log_ = RedisLog(bus.redis_url, prefix=bus.redis_prefix)
@@ -239,7 +239,7 @@ def format_event(channel: str, payload: str) -> str:
 
 
 async def _listen(bus: Settings, channels: Sequence[str]) -> int:
-    from .postgres import PostgresListener
+    from .bus.postgres.listener import PostgresListener
 
     def show(channel: str, payload: str) -> None:
         print(format_event(channel, payload), flush=True)
@@ -250,7 +250,7 @@ async def _listen(bus: Settings, channels: Sequence[str]) -> int:
 
     listener: Any
     if bus.bus == "redis":
-        from .redis_broker import RedisListener
+        from .bus.redis.listener import RedisListener
 
         assert bus.redis_url is not None
         listener = RedisListener(
@@ -274,7 +274,7 @@ async def _listen(bus: Settings, channels: Sequence[str]) -> int:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
-    from .channels import validate_channel
+    from .wire.channels import validate_channel
 
     channels = [validate_channel(c) for c in args.channels]
     bus = _bus_settings(args)
@@ -310,7 +310,7 @@ def _env_dsn() -> str | None:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from .auth import load_private_key, mint_token, read_key_file
+    from .access.tokens import load_private_key, mint_token, read_key_file
 
     if not args.channels and not args.publish:
         raise ConfigError("token needs at least one --channel or --publish")

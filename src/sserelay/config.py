@@ -208,7 +208,7 @@ def _check_auth(settings: Settings) -> None:
     configured = settings.jwt_secret is not None or settings.jwt_public_key is not None
     if not configured and not settings.public_channels:
         return
-    from . import auth  # only when needed: it imports pyjwt and cryptography
+    from .access import tokens as auth  # only when needed: it imports pyjwt and cryptography
 
     if settings.jwt_secret is not None:
         auth.check_secret(settings.jwt_secret)

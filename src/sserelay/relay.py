@@ -19,20 +19,20 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from . import jitter
-from .access import StreamAccess
-from .auth import policy_from_settings
+from .access.admission import StreamAccess
+from .access.tokens import policy_from_settings
+from .bus.postgres.listener import PostgresListener
 from .config import Settings
+from .core.hub import Hub
+from .core.replay import LogReader, Replay
 from .errors import ConfigError
-from .hub import Hub
+from .http.native import HttpConnection, protocol_factory
+from .http.publish import Publisher
 from .metrics import CONTENT_TYPE, RelayMetrics
-from .postgres import PostgresListener
-from .publishing import Publisher
-from .replay import LogReader, Replay
-from .server import HttpConnection, protocol_factory
 
 if TYPE_CHECKING:
-    from .broker import EventLog
-    from .redis_broker import RedisListener
+    from .bus.redis.listener import RedisListener
+    from .core.protocols import EventLog
 
 log = logging.getLogger("sserelay")
 
@@ -116,8 +116,8 @@ class Relay:
     def _redis_bus(self, settings: Settings) -> None:
         """Redis as the bus: pub/sub for the live events, one stream per durable channel."""
         try:
-            from .redis_broker import RedisListener
-            from .redis_log import RedisLog
+            from .bus.redis.listener import RedisListener
+            from .bus.redis.log import RedisLog
         except ImportError as exc:
             raise ConfigError(
                 f"the Redis broker needs the redis package: pip install 'sserelay[redis]' ({exc})"

@@ -303,7 +303,7 @@ def temporary_database(dsn: str, *, migrate: bool = False) -> Iterator[str]:
     try:
         db = make_conninfo(dsn, dbname=name)
         if migrate:
-            from .schema import migrate as run_migrations
+            from .bus.postgres.schema import migrate as run_migrations
 
             run_migrations(db)
         yield db

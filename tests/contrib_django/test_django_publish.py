@@ -242,7 +242,7 @@ def test_chat_app_publishes_messages(django_dsn: str) -> None:
 def test_migration_is_idempotent(django_dsn: str) -> None:
     from django.db import connection
 
-    from sserelay import schema
+    from sserelay.bus.postgres import schema
     from sserelay.contrib.django.schema import install_schema
 
     assert install_schema(connection) == schema.latest_version()

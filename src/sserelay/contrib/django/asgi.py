@@ -31,7 +31,7 @@ from typing import Any
 import django
 from django.core.asgi import get_asgi_application as django_asgi_application
 
-from ...hub import retry_hint
+from ...core.hub import retry_hint
 from .runtime import runtime
 from .views import STATE_KEY, RequestState
 

@@ -14,11 +14,11 @@ from typing import Any
 
 from django.db import DatabaseError, connections
 
-from ...channels import validate_channel
-from ...durable import AVAILABLE_SQL, LAST_ID_SQL, PUBLISH_SQL, prepare
+from ...bus.postgres.durable import AVAILABLE_SQL, LAST_ID_SQL, PUBLISH_SQL, prepare
+from ...bus.postgres.schema import PUBLISH_FUNCTION
+from ...bus.publish import NOTIFY_SQL, encode_payload
 from ...errors import PublishError, SchemaMissing
-from ...publish import NOTIFY_SQL, encode_payload
-from ...schema import PUBLISH_FUNCTION
+from ...wire.channels import validate_channel
 from . import conf
 
 __all__ = ["last_event_id", "publish"]

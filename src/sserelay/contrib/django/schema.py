@@ -6,7 +6,7 @@ from typing import Any
 
 import psycopg
 
-from ... import schema
+from ...bus.postgres import schema
 from ...errors import ConfigError
 from .publish import forget
 

@@ -16,9 +16,9 @@ from urllib.parse import quote, urlencode
 from django.core.exceptions import PermissionDenied
 from django.urls import reverse
 
-from ...auth import load_private_key, matches_any, mint_token, read_key_file
-from ...channels import validate_channel
+from ...access.tokens import load_private_key, matches_any, mint_token, read_key_file
 from ...errors import ConfigError
+from ...wire.channels import validate_channel
 from . import conf
 
 __all__ = ["check_can_subscribe", "stream_url", "token_for"]

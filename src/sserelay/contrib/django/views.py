@@ -22,13 +22,13 @@ import django
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
-from ...access import Lease
-from ...asgi import AsgiStream
-from ...hub import retry_hint
+from ...access.admission import Lease
+from ...core.hub import retry_hint
+from ...core.replay import CatchUp, catch_up_request
+from ...http.asgi import AsgiStream
+from ...http.responses import SSE_HEADERS, cors_headers, error_body, preflight_headers
+from ...http.routes import HttpError, StreamRoute, route
 from ...relay import Relay
-from ...replay import CatchUp, catch_up_request
-from ...responses import SSE_HEADERS, cors_headers, error_body, preflight_headers
-from ...routes import HttpError, StreamRoute, route
 from .runtime import RelayRuntime, runtime
 
 __all__ = ["DjangoStream", "RequestState", "stream"]

@@ -38,11 +38,11 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from .channels import MAX_CHANNEL_BYTES
-from .errors import AuthError, ConfigError, InvalidChannel
+from ..errors import AuthError, ConfigError, InvalidChannel
+from ..wire.channels import MAX_CHANNEL_BYTES
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from ..config import Settings
 
 #: The ``aud`` every token must carry, so a token minted for another service (same
 #: issuer, same key) cannot be replayed here.

@@ -16,8 +16,8 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Generic, TypeVar
 
-from . import jitter
-from .broker import OnListening, OnMessage
+from .. import jitter
+from ..core.protocols import OnListening, OnMessage
 
 #: The connection type of a subclass.
 C = TypeVar("C")

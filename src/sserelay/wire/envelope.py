@@ -14,8 +14,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import InvalidEvent
 from . import sse
-from .errors import InvalidEvent
 
 ENVELOPE_KEYS = frozenset({"event", "data", "id", "event_id", "retry"})
 

@@ -33,8 +33,8 @@ from typing import Any
 from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
-from .broker import OnListening, OnMessage
-from .listening import Listener, ProbeFailed
+from ...core.protocols import OnListening, OnMessage
+from ..listener import Listener, ProbeFailed
 
 log = logging.getLogger("sserelay.redis")
 

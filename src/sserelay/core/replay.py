@@ -44,13 +44,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from psycopg_pool import AsyncConnectionPool
 
-from . import durable, jitter
-from .durable import LogEvent
-from .events import Event
+from .. import jitter
+from ..bus.postgres import durable
+from ..bus.postgres.durable import LogEvent
+from ..wire.envelope import Event
 
 if TYPE_CHECKING:
-    from .broker import EventLog, LogRow
     from .hub import Hub, Subscriber
+    from .protocols import EventLog, LogRow
 
 log = logging.getLogger("sserelay.replay")
 
@@ -205,7 +206,7 @@ class LogReader(IntegerIds, SharedReads):
         timeout: float = 5.0,
     ) -> int | str | None:
         """:func:`sserelay.apublish` on a connection from the pool (``POST /publish``)."""
-        from .publish import apublish
+        from ..bus.publish import apublish
 
         async with self.pool.connection(timeout=timeout) as conn:
             return await apublish(conn, channel, data, event=event, id=id)

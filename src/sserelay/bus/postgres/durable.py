@@ -17,8 +17,7 @@ from typing import Any, LiteralString, NamedTuple
 import psycopg
 from psycopg import errors as pg_errors
 
-from .channels import validate_channel
-from .errors import (
+from ...errors import (
     BrokerUnavailable,
     ConfigError,
     InvalidEvent,
@@ -26,6 +25,7 @@ from .errors import (
     SchemaMissing,
     SseRelayError,
 )
+from ...wire.channels import validate_channel
 from .schema import PUBLISH_FUNCTION
 
 PUBLISH_SQL = "SELECT sserelay.publish(%s::text, %s::text, %s::text)"

@@ -31,10 +31,10 @@ import redis
 import redis.asyncio
 from redis import exceptions as redis_errors
 
-from .durable import prepare
-from .errors import BrokerUnavailable, ConfigError, PublishError
-from .publish import REDIS_SCHEMES, check_publish, durable_choice
-from .replay import SharedReads
+from ...core.replay import SharedReads
+from ...errors import BrokerUnavailable, ConfigError, PublishError
+from ..postgres.durable import prepare
+from ..publish import REDIS_SCHEMES, check_publish, durable_choice
 
 log = logging.getLogger("sserelay.redis_log")
 

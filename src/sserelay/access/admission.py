@@ -17,11 +17,11 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 
-from . import jitter
-from .auth import ChannelPolicy, policy_from_settings, token_from
-from .config import Settings
-from .errors import AuthError
-from .routes import HttpError
+from .. import jitter
+from ..config import Settings
+from ..errors import AuthError
+from ..http.routes import HttpError
+from .tokens import ChannelPolicy, policy_from_settings, token_from
 
 __all__ = ["Lease", "StreamAccess", "StreamLimits"]
 

@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from .errors import ConfigError
+from ...errors import ConfigError
 
 log = logging.getLogger("sserelay.embedded")
 

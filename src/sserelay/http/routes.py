@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
-from .channels import validate_channel
-from .errors import InvalidChannel
+from ..errors import InvalidChannel
+from ..wire.channels import validate_channel
 
 RESERVED_PATHS = frozenset({"events", "healthz", "metrics", "publish"})
 MAX_QUERY_FIELDS = 256

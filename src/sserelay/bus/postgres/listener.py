@@ -25,8 +25,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .broker import OnListening, OnMessage
-from .listening import Listener, ProbeFailed
+from ...core.protocols import OnListening, OnMessage
+from ..listener import Listener, ProbeFailed
 
 log = logging.getLogger("sserelay.postgres")
 

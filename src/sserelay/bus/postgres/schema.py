@@ -19,8 +19,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .channels import validate_channel
-from .errors import ConfigError, InvalidEvent, SseRelayError
+from ...errors import ConfigError, InvalidEvent, SseRelayError
+from ...wire.channels import validate_channel
 
 SCHEMA = "sserelay"
 #: Held (transaction-level) while migrating or uninstalling: int8 of the bytes b"sserelay".
@@ -54,7 +54,7 @@ class Migration:
 def migrations() -> list[Migration]:
     """Every migration shipped with this package, in version order."""
     found = []
-    for entry in resources.files("sserelay").joinpath("sql").iterdir():
+    for entry in resources.files("sserelay.bus.postgres").joinpath("sql").iterdir():
         match = _FILE_NAME.match(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_bytes()))

@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
-from . import sse
-from .events import Event
-from .hub import retry_hint
-from .replay import catch_up_request
+from ..core.hub import retry_hint
+from ..core.replay import catch_up_request
+from ..wire import sse
+from ..wire.envelope import Event
 from .responses import SSE_HEADERS, cors_headers, error_body, head, preflight_headers
 from .routes import Endpoint, HttpError, StreamRoute, request_timeout, route
 
 if TYPE_CHECKING:
-    from .relay import Relay
+    from ..relay import Relay
 
 log = logging.getLogger("sserelay.server")
 

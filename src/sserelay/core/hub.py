@@ -20,10 +20,10 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
-from . import jitter
-from .broker import Broker
-from .events import Event, event_from_notification
-from .sse import encode_comment, encode_retry
+from .. import jitter
+from ..wire.envelope import Event, event_from_notification
+from ..wire.sse import encode_comment, encode_retry
+from .protocols import Broker
 
 DURABLE_PREFIX = '{"seq":'  # what sserelay.publish() notifies (see replay.py)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidChannel
+from ..errors import InvalidChannel
 
 MAX_CHANNEL_BYTES = 63
 RESERVED_PREFIX = "sserelay."

@@ -28,9 +28,8 @@ from urllib.parse import parse_qsl
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from .auth import ChannelPolicy, policy_from_settings, token_from
-from .channels import validate_channel
-from .errors import (
+from ..access.tokens import ChannelPolicy, policy_from_settings, token_from
+from ..errors import (
     AuthError,
     BrokerUnavailable,
     InvalidChannel,
@@ -39,12 +38,13 @@ from .errors import (
     PublishError,
     SchemaMissing,
 )
+from ..wire.channels import validate_channel
 from .responses import error_body
 from .routes import HttpError
 
 if TYPE_CHECKING:
-    from .broker import EventLog
-    from .config import Settings
+    from ..config import Settings
+    from ..core.protocols import EventLog
 
 log = logging.getLogger("sserelay.publishing")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidEvent
+from ..errors import InvalidEvent
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
 

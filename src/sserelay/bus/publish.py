@@ -23,19 +23,19 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import psycopg
 
-from . import sse
-from .channels import validate_channel
-from .durable import (
+from ..errors import ConfigError, InvalidEvent, PayloadTooLarge, PublishError
+from ..wire import sse
+from ..wire.channels import validate_channel
+from .postgres.durable import (
     adurable_available,
     apublish_durable,
     durable_available,
     prepare,
     publish_durable,
 )
-from .errors import ConfigError, InvalidEvent, PayloadTooLarge, PublishError
 
 if TYPE_CHECKING:
-    from .redis_log import RedisBus
+    from .redis.log import RedisBus
 
 #: PostgreSQL rejects NOTIFY payloads of 8000 bytes or more.
 MAX_PAYLOAD_BYTES = 7999
@@ -211,11 +211,11 @@ def _redis_bus(conn: object) -> RedisBus | None:
             return None
     else:
         # Without the module loaded, nothing can be a RedisBus: no import for PostgreSQL.
-        module = sys.modules.get("sserelay.redis_log")
+        module = sys.modules.get("sserelay.bus.redis.log")
         if module is None or not isinstance(conn, module.RedisBus):
             return None
     try:
-        from .redis_log import RedisBus
+        from .redis.log import RedisBus
     except ImportError as exc:
         raise ConfigError(
             f"publishing to Redis needs the redis package: pip install 'sserelay[redis]' ({exc})"
