@@ -372,6 +372,33 @@ def test_log_level_flag(dsn: str) -> None:
     assert_one_line_error(result, "--log-level='shout' is not a log level")
 
 
+def test_log_level_after_the_command(dsn: str) -> None:
+    """``--log-level`` is accepted after the subcommand too, as the README lists it."""
+    result = run("listen", "x", "--log-level", "shout", "--dsn", dsn)
+    assert_one_line_error(result, "--log-level='shout' is not a log level")
+    with started(["serve", "--port", "0", "--dsn", dsn, "--log-level", "DEBUG"]) as serve:
+        serve.expect(r"serving on http://127\.0\.0\.1:\d+")
+        assert serve.stop() == 0, serve.transcript()
+        assert " DEBUG " in serve.transcript(), serve.transcript()
+
+
+@pytest.mark.parametrize(
+    "command", ["serve", "publish", "listen", "migrate", "prune", "token", "demo"]
+)
+def test_every_command_has_help(command: str) -> None:
+    """Each subcommand describes itself, every argument has help text, and the
+    environment variables it reads are listed."""
+    from sserelay.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    command_parser = sub.choices[command]  # type: ignore[index]
+    assert command_parser.description, command
+    assert "environment" in (command_parser.epilog or ""), command
+    for action in command_parser._actions:
+        assert action.help, f"{command} {action.option_strings or action.dest} has no help"
+
+
 def test_serve_port_not_a_number(dsn: str) -> None:
     result = run("serve", "--port", "eighty", "--dsn", dsn)
     assert result.returncode == 2

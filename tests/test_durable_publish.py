@@ -24,6 +24,7 @@ from sserelay import cli
 from sserelay.bus.postgres import durable, schema
 from sserelay.bus.postgres.durable import apublish_durable, publish_durable
 from sserelay.bus.publish import apublish, publish
+from sserelay.cli.common import parse_duration
 from sserelay.errors import ConfigError, InvalidChannel, InvalidEvent, PayloadTooLarge
 from sserelay.testing import temporary_database
 
@@ -420,10 +421,10 @@ def test_prune_rejects_bad_arguments(db: str, kwargs: dict[str, Any]) -> None:
     ],
 )
 def test_parse_duration(text: str, expected: datetime.timedelta) -> None:
-    assert cli.parse_duration(text) == expected
+    assert parse_duration(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "0", "d", "7x", "7d x", "-1d", "1.5.2h", "inf"])
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(Exception, match="not a positive duration"):
-        cli.parse_duration(text)
+        parse_duration(text)

@@ -22,6 +22,7 @@ from sserelay import cli
 from sserelay.access.tokens import mint_token
 from sserelay.bus.redis.listener import CLIENT_NAME
 from sserelay.bus.redis.log import MAX_RAW_PAYLOAD_BYTES, RedisBus, entry_id, position, stream_key
+from sserelay.cli.common import bus_settings
 from sserelay.config import Settings, load_settings, settings_from_env
 from sserelay.core.replay import parse_last_event_id
 from sserelay.errors import ConfigError, InvalidChannel, PayloadTooLarge
@@ -87,12 +88,12 @@ def test_cli_redis_flag_means_redis_even_with_a_database_url(
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://h/db")
     args = cli.build_parser().parse_args(["publish", "--redis", "redis://h", "c", "d"])
-    assert cli._bus_settings(args).bus == "redis"
+    assert bus_settings(args).bus == "redis"
     args = cli.build_parser().parse_args(["publish", "c", "d"])
-    assert cli._bus_settings(args).bus == "postgres"
+    assert bus_settings(args).bus == "postgres"
     monkeypatch.setenv("REDIS_URL", "redis://h")
     monkeypatch.setenv("SSERELAY_BROKER", "redis")
-    assert cli._bus_settings(cli.build_parser().parse_args(["publish", "c", "d"])).bus == "redis"
+    assert bus_settings(cli.build_parser().parse_args(["publish", "c", "d"])).bus == "redis"
     assert load_settings().bus == "redis"
 
 

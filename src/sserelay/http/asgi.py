@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote, unquote
 
-from ..cli import resolve_dsn
+from ..bus.postgres.embedded import dsn_or_embedded
 from ..config import Settings, load_settings
 from ..core.hub import Hub, retry_hint
 from ..core.replay import catch_up_request
@@ -217,7 +217,9 @@ class RelayApp:
             dsn = self._dsn or settings.dsn
             if not dsn:
                 # Starting the embedded server blocks for a while: keep the loop free.
-                dsn = await asyncio.to_thread(resolve_dsn, None, settings.data_dir, announce=True)
+                dsn = await asyncio.to_thread(
+                    dsn_or_embedded, None, settings.data_dir, announce=True
+                )
             relay = Relay(settings, dsn=dsn)
             await relay.start(serve=False)
             self._relay = relay

@@ -42,9 +42,25 @@ def start_embedded(data_dir: Path | None = None) -> str:
             "no database configured (set DATABASE_URL or pass --dsn), and the embedded "
             "PostgreSQL is not installed: pip install 'sserelay[embedded]'"
         ) from None
-    log.info("starting embedded PostgreSQL in %s", path)
+    running = (path / "postmaster.pid").exists()
+    log.info("%s the embedded PostgreSQL in %s", "using" if running else "starting", path)
     # pgserver narrates every command it runs at INFO; keep that for DEBUG.
     if not log.isEnabledFor(logging.DEBUG):
         logging.getLogger("pgserver").setLevel(logging.WARNING)
     server = pgserver.get_server(path, cleanup_mode="stop")  # type: ignore[attr-defined]  # untyped package
     return str(server.get_uri())
+
+
+def dsn_or_embedded(dsn: str | None, data_dir: Path | None, *, announce: bool) -> str:
+    """``dsn`` if given, else the embedded server's (started if it is not running).
+    ``announce`` prints, for the person at the terminal, how to reach it."""
+    if dsn:
+        return dsn
+    dsn = start_embedded(data_dir)
+    if announce:
+        print(
+            f"sserelay: no DATABASE_URL or --dsn; using the embedded PostgreSQL.\n"
+            f"sserelay: publish to it with:  psql '{dsn}'",
+            flush=True,
+        )
+    return dsn
