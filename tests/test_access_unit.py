@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from sserelay.access.admission import StreamAccess, StreamLimits
+from sserelay.access.admission import StreamAccess
+from sserelay.access.limits import RateLimiter, StreamLimits
 from sserelay.config import Settings
 from sserelay.core.hub import Hub
-from sserelay.http.publish import RateLimiter
-from sserelay.http.routes import HttpError
+from sserelay.errors import HttpError
 from streams import FakeStream
 
 

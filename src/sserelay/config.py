@@ -208,16 +208,16 @@ def _check_auth(settings: Settings) -> None:
     configured = settings.jwt_secret is not None or settings.jwt_public_key is not None
     if not configured and not settings.public_channels:
         return
-    from .access import tokens as auth  # only when needed: it imports pyjwt and cryptography
+    from .access import keys, patterns  # only when needed: they import pyjwt and cryptography
 
     if settings.jwt_secret is not None:
-        auth.check_secret(settings.jwt_secret)
+        keys.check_secret(settings.jwt_secret)
     if settings.jwt_public_key is not None:
-        pem = auth.read_key_file(settings.jwt_public_key, "jwt_public_key")
-        auth.load_public_key(pem, f"jwt_public_key {str(settings.jwt_public_key)!r}")
+        pem = keys.read_key_file(settings.jwt_public_key, "jwt_public_key")
+        keys.load_public_key(pem, f"jwt_public_key {str(settings.jwt_public_key)!r}")
     for pattern in settings.public_channels:
         try:
-            auth.validate_pattern(pattern)
+            patterns.validate_pattern(pattern)
         except InvalidChannel as exc:
             raise ConfigError(f"public_channels: {exc}") from None
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import jitter
 from .access.admission import StreamAccess
-from .access.tokens import policy_from_settings
+from .access.policy import policy_from_settings
 from .bus.postgres.listener import PostgresListener
 from .config import Settings
 from .core.hub import Hub

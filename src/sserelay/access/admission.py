@@ -19,115 +19,17 @@ from collections.abc import Iterable, Mapping
 
 from .. import jitter
 from ..config import Settings
-from ..errors import AuthError
-from ..http.routes import HttpError
-from .tokens import ChannelPolicy, policy_from_settings, token_from
+from ..errors import AuthError, HttpError
+from .limits import Lease, StreamLimits
+from .policy import ChannelPolicy, policy_from_settings, token_from
 
-__all__ = ["Lease", "StreamAccess", "StreamLimits"]
+__all__ = ["StreamAccess"]
 
 log = logging.getLogger("sserelay.access")
 
 #: A stream's maximum lifetime is shortened by up to this fraction, per stream, so the
 #: streams opened together do not all end (and reconnect) together.
 LIFETIME_JITTER = 0.10
-
-
-def retry_after() -> tuple[tuple[str, str], ...]:
-    """A ``Retry-After`` of 1 to 5 s, jittered so refused clients do not return together."""
-    return (("Retry-After", str(jitter.randint(1, 5))),)
-
-
-class Lease:
-    """One admitted stream's place in the limits (a :class:`~sserelay.hub.Lease`)."""
-
-    __slots__ = ("client", "deadline", "limits", "released", "subject")
-
-    def __init__(
-        self,
-        limits: StreamLimits,
-        client: str | None,
-        subject: str | None,
-        deadline: float | None,
-    ) -> None:
-        self.limits = limits
-        self.client = client
-        self.subject = subject
-        #: Monotonic time the stream must end by (token expiry, maximum lifetime), or None.
-        self.deadline = deadline
-        self.released = False
-
-    def release(self) -> None:
-        """Give the place back (idempotent)."""
-        if not self.released:
-            self.released = True
-            self.limits.release(self)
-
-
-def _decrement(counts: dict[str, int], key: str | None) -> None:
-    if key is None:
-        return
-    left = counts.get(key, 0) - 1
-    if left > 0:
-        counts[key] = left
-    else:
-        counts.pop(key, None)
-
-
-class StreamLimits:
-    """Counts of open streams: in all, per client address, per token subject."""
-
-    def __init__(self, max_streams: int, per_client: int, per_subject: int) -> None:
-        self.max_streams = max_streams
-        self.per_client = per_client
-        self.per_subject = per_subject
-        self.total = 0
-        self.clients: dict[str, int] = {}
-        self.subjects: dict[str, int] = {}
-
-    def acquire(self, client: str | None, subject: str | None, deadline: float | None) -> Lease:
-        """A lease for one more stream, or HttpError 503 (process full) / 429 (too many
-        for this client or subject), with a jittered ``Retry-After``."""
-        if self.total >= self.max_streams:
-            raise HttpError(
-                503, f"relay is at its limit of {self.max_streams} streams", retry_after()
-            )
-        if (
-            self.per_client
-            and client is not None
-            and self.clients.get(client, 0) >= self.per_client
-        ):
-            raise HttpError(
-                429,
-                f"too many streams from this client (at most {self.per_client})",
-                retry_after(),
-            )
-        if (
-            self.per_subject
-            and subject is not None
-            and self.subjects.get(subject, 0) >= self.per_subject
-        ):
-            raise HttpError(
-                429,
-                f"too many streams for this token subject (at most {self.per_subject})",
-                retry_after(),
-            )
-        self.total += 1
-        if self.per_client and client is not None:
-            self.clients[client] = self.clients.get(client, 0) + 1
-        if self.per_subject and subject is not None:
-            self.subjects[subject] = self.subjects.get(subject, 0) + 1
-        # The lease names only what was counted, so that release uncounts exactly that.
-        return Lease(
-            self,
-            client if self.per_client else None,
-            subject if self.per_subject else None,
-            deadline,
-        )
-
-    def release(self, lease: Lease) -> None:
-        self.total -= 1
-        _decrement(self.clients, lease.client)
-        _decrement(self.subjects, lease.subject)
 
 
 class StreamAccess:

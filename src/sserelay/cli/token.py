@@ -53,7 +53,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..access.tokens import load_private_key, mint_token, read_key_file
+    from ..access.keys import load_private_key, read_key_file
+    from ..access.tokens import mint_token
 
     if not args.channels and not args.publish:
         raise ConfigError("token needs at least one --channel or --publish")

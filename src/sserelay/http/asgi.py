@@ -28,12 +28,12 @@ from ..bus.postgres.embedded import dsn_or_embedded
 from ..config import Settings, load_settings
 from ..core.hub import Hub, retry_hint
 from ..core.replay import catch_up_request
-from ..errors import SseRelayError
+from ..errors import HttpError, SseRelayError
 from ..relay import OpenStreams, Relay
 from ..wire.envelope import Event
 from .publish import Publisher, Reply
 from .responses import SSE_HEADERS, cors_headers, error_body, preflight_headers
-from .routes import Endpoint, HttpError, StreamRoute, request_timeout, route
+from .routes import Endpoint, StreamRoute, request_timeout, route
 
 __all__ = ["AsgiStream", "RelayApp", "app", "create_app", "route_path"]
 

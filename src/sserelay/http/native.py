@@ -22,10 +22,11 @@ import httptools
 
 from ..core.hub import retry_hint
 from ..core.replay import catch_up_request
+from ..errors import HttpError
 from ..wire import sse
 from ..wire.envelope import Event
 from .responses import SSE_HEADERS, cors_headers, error_body, head, preflight_headers
-from .routes import Endpoint, HttpError, StreamRoute, request_timeout, route
+from .routes import Endpoint, StreamRoute, request_timeout, route
 
 if TYPE_CHECKING:
     from ..relay import Relay

@@ -19,7 +19,6 @@ import asyncio
 import json
 import logging
 import math
-import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -28,10 +27,12 @@ from urllib.parse import parse_qsl
 import psycopg
 from psycopg_pool import PoolTimeout
 
-from ..access.tokens import ChannelPolicy, policy_from_settings, token_from
+from ..access.limits import RateLimiter
+from ..access.policy import ChannelPolicy, policy_from_settings, token_from
 from ..errors import (
     AuthError,
     BrokerUnavailable,
+    HttpError,
     InvalidChannel,
     InvalidEvent,
     PayloadTooLarge,
@@ -40,7 +41,6 @@ from ..errors import (
 )
 from ..wire.channels import validate_channel
 from .responses import error_body
-from .routes import HttpError
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -54,8 +54,6 @@ FIELDS = ("channel", "data", "event", "id")
 CONNECT_TIMEOUT = 5.0
 #: Seconds a client told 503 should wait before trying again.
 RETRY_AFTER_UNAVAILABLE = 2
-#: Rate-limit buckets kept at most; full (idle) ones are forgotten first.
-MAX_BUCKETS = 10_000
 MAX_FORM_FIELDS = 16
 
 JSON_TYPE = "application/json"
@@ -79,49 +77,6 @@ class Message:
     data: Any
     event: str | None = None
     id: str | int | None = None
-
-
-class RateLimiter:
-    """A token bucket per key: ``rate`` events a second on average, ``burst`` at once."""
-
-    def __init__(self, rate: float, burst: int, *, max_buckets: int = MAX_BUCKETS) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.max_buckets = max_buckets
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when)
-
-    def take(self, key: str, now: float | None = None) -> float:
-        """Take one token for ``key``: 0 if allowed, else the seconds until one is due."""
-        now = time.monotonic() if now is None else now
-        tokens, when = self._buckets.pop(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - when) * self.rate)
-        if tokens >= 1:
-            self._remember(key, tokens - 1, now)
-            return 0.0
-        self._remember(key, tokens, now)
-        return (1 - tokens) / self.rate
-
-    def _remember(self, key: str, tokens: float, now: float) -> None:
-        if len(self._buckets) >= self.max_buckets:
-            self._forget(now)
-        self._buckets[key] = (tokens, now)  # re-inserted: the dict stays in order of use
-
-    def _forget(self, now: float) -> None:
-        """Drop the buckets that have refilled (forgetting them changes nothing), and if
-        that is not enough, the least recently used half."""
-        full = [
-            key
-            for key, (tokens, when) in self._buckets.items()
-            if tokens + (now - when) * self.rate >= self.burst
-        ]
-        for key in full:
-            del self._buckets[key]
-        if len(self._buckets) >= self.max_buckets:
-            for key in list(self._buckets)[: len(self._buckets) // 2 + 1]:
-                del self._buckets[key]
-
-    def __len__(self) -> int:
-        return len(self._buckets)
 
 
 def _error(status: int, reason: str, *headers: tuple[str, str]) -> Reply:

@@ -15,21 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
-from ..errors import InvalidChannel
+from ..errors import HttpError, InvalidChannel
 from ..wire.channels import validate_channel
 
 RESERVED_PATHS = frozenset({"events", "healthz", "metrics", "publish"})
 MAX_QUERY_FIELDS = 256
-
-
-class HttpError(Exception):
-    """A request we answer with ``status`` and a one-line ``reason``."""
-
-    def __init__(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.headers = headers
 
 
 def request_timeout(seconds: float) -> HttpError:

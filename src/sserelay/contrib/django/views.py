@@ -22,12 +22,13 @@ import django
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
-from ...access.admission import Lease
+from ...access.limits import Lease
 from ...core.hub import retry_hint
 from ...core.replay import CatchUp, catch_up_request
+from ...errors import HttpError
 from ...http.asgi import AsgiStream
 from ...http.responses import SSE_HEADERS, cors_headers, error_body, preflight_headers
-from ...http.routes import HttpError, StreamRoute, route
+from ...http.routes import StreamRoute, route
 from ...relay import Relay
 from .runtime import RelayRuntime, runtime
 
