@@ -56,7 +56,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sserelay.bus.postgres import schema
-from sserelay.bus.postgres.durable import PUBLISH_SQL
+from sserelay.bus.postgres.statements import PUBLISH as PUBLISH_SQL
 from sserelay.bus.publish import NOTIFY_SQL, encode_payload
 
 BENCH = Path(__file__).resolve().parent

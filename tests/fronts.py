@@ -11,8 +11,8 @@ from typing import Any
 
 import uvicorn
 
+from sserelay.asgi import RelayApp, create_app
 from sserelay.config import Settings
-from sserelay.http.asgi import RelayApp, create_app
 from sserelay.relay import Relay
 from sserelay.testing import RawResponse, SseClient, raw_request, running_relay, wait_until
 

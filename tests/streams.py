@@ -45,6 +45,36 @@ class FakeStream:
     def abort(self) -> None:
         self.closed_with = b"<aborted>"
 
+    def backlog(self) -> int:
+        return 0
+
+    async def drained(self) -> None:
+        return None
+
+
+class Owner:
+    """A hub's channel owner for pure-logic tests: every channel is live at once."""
+
+    def __init__(self) -> None:
+        self.first: list[str] = []
+        self.last: list[str] = []
+        self.gone: list[FakeStream] = []
+
+    def first_member(self, channel: str) -> None:
+        self.first.append(channel)
+
+    def last_member(self, channel: str) -> None:
+        self.last.append(channel)
+
+    def is_live(self, channel: str) -> bool:
+        return True
+
+    def composite_id(self, key: tuple[str, ...]) -> str:
+        return ".".join("0" for _ in key)
+
+    def stream_gone(self, sub: object) -> None:
+        self.gone.append(sub)  # type: ignore[arg-type]  # any subscriber
+
 
 class Feed:
     """A stream read in the background: every event kept."""

@@ -1000,7 +1000,7 @@ def test_token_command_with_private_key(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--jwt-secret", SECRET], "token needs at least one --channel or --publish"),
+        (["--jwt-secret", SECRET], "token needs at least one --channel, --publish or --admin"),
         (["--channel", "lobby"], "token needs a key: SSERELAY_JWT_SECRET, --jwt-secret or"),
         (["--channel", "lobby", "--jwt-secret", "short"], "secret is 5 bytes"),
         (["--channel", "", "--jwt-secret", SECRET], "channel pattern is empty"),

@@ -268,7 +268,7 @@ def test_publish_reads_stdin(dsn: str, channel: str, listener: Listener) -> None
         (["bell\x07", "data"], "channel name contains a control character"),
         (["c", "x" * 8000], "payload is 8011 bytes; PostgreSQL NOTIFY accepts at most 7999"),
         (["c", "x", "--id", "a\nb"], "SSE id may not contain a line break"),
-        (["c", "x", "--event", "a\rb"], "an SSE event name may not contain a line break"),
+        (["c", "x", "--event", "a\rb"], "SSE event may not contain a line break"),
         (["c", "x", "--retry", "-5"], "SSE retry must be a non-negative integer"),
     ],
 )

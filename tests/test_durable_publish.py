@@ -20,9 +20,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from sserelay import cli
-from sserelay.bus.postgres import durable, schema
-from sserelay.bus.postgres.durable import apublish_durable, publish_durable
+from sserelay import apublish_durable, cli, publish_durable
+from sserelay.bus.postgres import log as durable
+from sserelay.bus.postgres import schema
+from sserelay.bus.postgres.statements import durable_channel
 from sserelay.bus.publish import apublish, publish
 from sserelay.cli.common import parse_duration
 from sserelay.errors import ConfigError, InvalidChannel, InvalidEvent, PayloadTooLarge
@@ -51,8 +52,10 @@ def channel() -> str:
 
 @contextlib.contextmanager
 def listening(db: str, channel: str) -> Iterator[psycopg.Connection[Any]]:
+    """LISTEN on ``channel`` and on the name its durable events are notified on."""
     with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        for name in (channel, durable_channel(channel)):
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
         yield conn
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .bus.postgres.durable import apublish_durable, publish_durable
-from .bus.publish import apublish, encode_payload, publish
+from .access.tokens import mint_token
+from .bus.publish import apublish, apublish_durable, encode_payload, publish, publish_durable
 from .errors import (
     BrokerUnavailable,
     ConfigError,
@@ -31,6 +31,7 @@ __all__ = [
     "apublish",
     "apublish_durable",
     "encode_payload",
+    "mint_token",
     "publish",
     "publish_durable",
     "validate_channel",

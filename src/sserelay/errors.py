@@ -54,8 +54,10 @@ class PublishError(SseRelayError):
 class SchemaMissing(PublishError):
     """The ``sserelay`` schema (durable channels) is not installed in the database."""
 
-    def __init__(self, detail: str = "") -> None:
-        message = "the sserelay schema is not installed in this database: run `sserelay migrate`"
+    def __init__(
+        self, detail: str = "", *, where: str = "this database", hint: str = "`sserelay migrate`"
+    ) -> None:
+        message = f"the sserelay schema is not installed in {where}: run {hint}"
         super().__init__(f"{message} ({detail})" if detail else message)
 
 

@@ -12,6 +12,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from sserelay.bus.postgres.statements import durable_channel
+
 pytestmark = pytest.mark.integration
 
 
@@ -20,7 +22,9 @@ class Listener:
 
     def __init__(self, dsn: str, channel: str) -> None:
         self.conn = psycopg.connect(dsn, autocommit=True)
-        self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        # Plain events on the channel, durable ones on its durable name.
+        for name in (channel, durable_channel(channel)):
+            self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
         self.buffer: deque[str] = deque()
 
     def next(self, timeout: float = 10.0) -> dict[str, Any]:

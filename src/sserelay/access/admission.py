@@ -16,12 +16,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from .. import jitter
-from ..config import Settings
 from ..errors import AuthError, HttpError
 from .limits import Lease, StreamLimits
 from .policy import ChannelPolicy, policy_from_settings, token_from
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 __all__ = ["StreamAccess"]
 

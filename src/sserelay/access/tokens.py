@@ -67,6 +67,8 @@ class Access:
     expires_at: int
     subscribe: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
+    #: The ``admin`` grant: the operator's views (``/healthz`` details).
+    admin: bool = False
 
     def can_subscribe(self, channel: str) -> bool:
         return matches_any(self.subscribe, channel)
@@ -185,11 +187,15 @@ def _access(claims: Mapping[str, Any]) -> Access:
     grants = claims[CLAIM]
     if not isinstance(grants, dict):
         raise _invalid(f"malformed token: the {CLAIM!r} claim must be an object")
+    admin = grants.get("admin", False)
+    if not isinstance(admin, bool):
+        raise _invalid(f"malformed token: {CLAIM}.admin must be true or false")
     return Access(
         subject=subject,
         expires_at=int(exp),
         subscribe=_granted(grants, "subscribe"),
         publish=_granted(grants, "publish"),
+        admin=admin,
     )
 
 
@@ -214,6 +220,7 @@ def mint_token(
     ttl: float = 3600,
     subject: str | None = None,
     algorithm: str = "HS256",
+    admin: bool = False,
 ) -> str:
     """A token allowing ``subscribe`` and ``publish`` (channel patterns) for ``ttl`` seconds.
 
@@ -243,6 +250,8 @@ def mint_token(
             "publish": _patterns("publish", publish),
         },
     }
+    if admin:
+        claims[CLAIM]["admin"] = True
     if subject is not None:
         if not subject or len(subject) > MAX_SUBJECT_CHARS or CONTROL.search(subject):
             raise ConfigError(

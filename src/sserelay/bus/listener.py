@@ -1,10 +1,15 @@
-"""What the PostgreSQL and Redis brokers share: one connection, owned by one task.
+"""What the PostgreSQL and Redis listeners share: one connection, owned by one task.
 
 :class:`Listener` keeps the channel bookkeeping (wanted and live), the reconnect
 loop with jittered exponential backoff, the probe schedule and the
 ``connected``/``healthy``/``status()`` reporting. A subclass brings the I/O:
 opening a session (:meth:`Listener._session`), one step of it (read what arrived,
 send what the wanted channels need), sending a probe, and closing the connection.
+
+Nothing ends the listener but a cancellation: a lost connection is expected (it
+reconnects), and so is any other exception, which is logged with its traceback,
+counted (:attr:`Listener.failures`) and shown as ``last_error`` before the same
+reconnect.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any, ClassVar, Generic, TypeVar
 
 from .. import jitter
-from ..core.protocols import OnListening, OnMessage
+from ..core.protocols import BusSink
 
 #: The connection type of a subclass.
 C = TypeVar("C")
@@ -50,21 +56,22 @@ class Listener(ABC, Generic[C]):
 
     def __init__(
         self,
-        on_message: OnMessage,
-        on_listening: OnListening,
+        sink: BusSink,
         *,
         probe_interval: float,
         probe_timeout: float,
         reconnect_min: float,
         reconnect_max: float,
     ) -> None:
-        self._on_message = on_message
-        self._on_listening = on_listening
+        self._sink = sink
         self.probe_interval = probe_interval
         self.probe_timeout = probe_timeout
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
-        self._wanted: set[str] = set()
+        #: Channels wanted, in the order they were asked for (LISTENed in that order).
+        self._wanted: dict[str, None] = {}
+        #: The wanted channels changed since the last sync (or the session is new).
+        self._dirty = True
         #: Channels live on the bus: messages sent on them now reach this listener.
         self._active: set[str] = set()
         self._wake = asyncio.Event()
@@ -74,6 +81,11 @@ class Listener(ABC, Generic[C]):
         self.connects = 0
         self.reconnects = 0
         self.notifications = 0
+        #: Unexpected errors that ended a session (a bug, a driver surprise): each logged
+        #: with its traceback; the listener reconnected after each.
+        self.failures = 0
+        #: The last unexpected error (kept after the reconnect, for the operator's view).
+        self.last_failure: str | None = None
         self.last_error: str | None = None
         #: Seconds a probe took to come back, from the latest one.
         self.lag: float | None = None
@@ -87,15 +99,17 @@ class Listener(ABC, Generic[C]):
             # Wanted again before its unsubscribe went out: it never stopped, so no new
             # subscribe will confirm it. Say it is live (soon: not inside the caller).
             asyncio.get_running_loop().call_soon(self._still_listening, channel)
-        self._wanted.add(channel)
+        self._wanted[channel] = None
+        self._dirty = True
         self._wake.set()
 
     def _still_listening(self, channel: str) -> None:
         if channel in self._active and channel in self._wanted:
-            self._on_listening([channel])
+            self._sink.on_listening([channel])
 
     def unlisten(self, channel: str) -> None:
-        self._wanted.discard(channel)
+        self._wanted.pop(channel, None)
+        self._dirty = True
         self._wake.set()
 
     def is_listening(self, channel: str) -> bool:
@@ -103,7 +117,18 @@ class Listener(ABC, Generic[C]):
 
     @property
     def healthy(self) -> bool:
-        return self.connected and self._wanted <= self._active
+        return (
+            self.connected
+            and len(self._active) >= len(self._wanted)
+            and self._wanted.keys() <= self._active
+            and not self.probe_overdue
+        )
+
+    @property
+    def probe_overdue(self) -> bool:
+        """A probe is out and late: the connection may be hung (not closed)."""
+        sent = self._probe_sent
+        return sent is not None and time.monotonic() - sent > self.probe_timeout
 
     def status(self) -> dict[str, Any]:
         return {
@@ -111,7 +136,9 @@ class Listener(ABC, Generic[C]):
             "connected": self.connected,
             "channels": len(self._active),
             "connects": self.connects,
-            "last_error": None if self.connected else self.last_error,
+            "failures": self.failures,
+            "last_failure": self.last_failure,
+            "last_error": self.last_error,
         }
 
     # -- the connection task ---------------------------------------------------------
@@ -125,6 +152,10 @@ class Listener(ABC, Generic[C]):
                 await self._session()
             except self.errors as exc:
                 self.last_error = one_line(exc)
+            except Exception as exc:  # not a lost connection: a bug or a surprise
+                self.failures += 1
+                self.last_error = self.last_failure = one_line(exc)
+                self._log.exception("%s failed unexpectedly; reconnecting", self._what)
             finally:
                 await self._disconnect()
             if self.connects > connects_before:
@@ -161,7 +192,10 @@ class Listener(ABC, Generic[C]):
             await self._step(conn)
             now = time.monotonic()
             if self._probe_sent is not None and now - self._probe_sent > self.probe_timeout:
-                raise ProbeFailed(f"probe not answered within {self.probe_timeout}s")
+                raise ProbeFailed(
+                    f"{self._bus} did not answer the liveness probe within "
+                    f"{self.probe_timeout:g}s (the connection is hung or the server overloaded)"
+                )
             if now >= next_probe:
                 if self._probe_sent is None:  # one probe in flight at a time
                     self._probe_sent = now
@@ -172,6 +206,26 @@ class Listener(ABC, Generic[C]):
             if self._probe_sent is not None:
                 timeout = min(timeout, self._probe_sent + self.probe_timeout - now)
             await self._idle(conn, max(timeout, 0.01))
+
+    def _changes(
+        self, batch: int, current: set[str] | None = None
+    ) -> Iterator[tuple[list[str], list[str]]]:
+        """Batches of (channels to subscribe, channels to unsubscribe), at most ``batch``
+        in each, until nothing is left to do; subscriptions in the order they were asked
+        for. ``current``: the channels subscribed on the connection (default: the live
+        ones). Each batch is checked afresh (the wanted set may change while one runs)."""
+        have = self._active if current is None else current
+        while self._dirty:
+            self._dirty = False
+            add = [c for c in self._wanted if c not in have]
+            drop = [c for c in have if c not in self._wanted]
+            while add or drop:
+                now_add, add = add[:batch], add[batch:]
+                now_drop, drop = drop[: batch - len(now_add)], drop[batch - len(now_add) :]
+                now_add = [c for c in now_add if c in self._wanted and c not in have]
+                now_drop = [c for c in now_drop if c not in self._wanted and c in have]
+                if now_add or now_drop:
+                    yield now_add, now_drop
 
     @abstractmethod
     async def _step(self, conn: C) -> None:
@@ -198,6 +252,7 @@ class Listener(ABC, Generic[C]):
         self.connected = False
         self.connected_event.clear()
         self._active.clear()
+        self._dirty = True
         self._probe_sent = None
         conn, self._conn = self._conn, None
         if conn is not None:
@@ -209,14 +264,15 @@ class Listener(ABC, Generic[C]):
 
     # -- what the bus sends ----------------------------------------------------------
 
-    def _hand_over(self, channel: str, payload: str) -> None:
-        """Give the hub a message received on ``channel``."""
+    def _hand_over(self, channel: str, payload: str, durable: bool) -> None:
+        """Give the sink a message received on ``channel`` (or its durable twin)."""
         self.notifications += 1
         if channel in self._wanted:
             try:
-                self._on_message(channel, payload)
+                self._sink.on_message(channel, payload, durable)
             except Exception:
                 # One bad message must not take the listener (and every stream) down.
+                self.failures += 1
                 self._log.exception("delivering a %s on %r failed; dropped it", self._item, channel)
 
     def _probe_answered(self, payload: str | bytes) -> None:

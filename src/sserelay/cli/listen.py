@@ -6,9 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..config import Settings
@@ -37,35 +38,57 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=run)
 
 
-def format_event(channel: str, payload: str) -> str:
-    """One human-readable block per event."""
+def format_event(channel: str, payload: str, durable: bool = False) -> str:
+    """One human-readable block per event (a durable one shows its id in the log)."""
     ev = event_from_notification(channel, payload)
+    event, id_, data = ev.event, ev.id, ev.data
+    if durable:
+        event, id_, data = _durable(payload)
     stamp = datetime.datetime.now().strftime("%H:%M:%S.%f")[:-3]
-    meta = "".join(f"  {k}={v}" for k, v in (("event", ev.event), ("id", ev.id)) if v)
-    return f"[{stamp}] {channel}{meta}\n{ev.data}\n"
+    meta = "".join(f"  {k}={v}" for k, v in (("event", event), ("id", id_)) if v)
+    return f"[{stamp}] {channel}{meta}\n{data}\n"
+
+
+def _durable(payload: str) -> tuple[str | None, str | None, str]:
+    """(event, id, data) of a durable notification."""
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        return None, None, payload
+    if not isinstance(obj, dict):
+        return None, None, payload
+    event = obj.get("event") if isinstance(obj.get("event"), str) else None
+    data = obj.get("data")
+    if not isinstance(data, str):
+        data = "(too large to notify: in the event log)"
+    return event, str(obj.get("seq")), data
+
+
+class _Printer:
+    """Prints what the bus delivers (a :class:`~sserelay.core.protocols.BusSink`)."""
+
+    def on_message(self, channel: str, payload: str, durable: bool) -> None:
+        print(format_event(channel, payload, durable), flush=True)
+
+    def on_listening(self, channels: Iterable[str]) -> None:
+        for channel in channels:
+            print(f"# listening on {channel}", file=sys.stderr, flush=True)
 
 
 async def listen(bus: Settings, channels: Sequence[str]) -> int:
-    def show(channel: str, payload: str) -> None:
-        print(format_event(channel, payload), flush=True)
-
-    def ready(live: Any) -> None:
-        for channel in live:
-            print(f"# listening on {channel}", file=sys.stderr, flush=True)
-
     listener: Any
     if bus.bus == "redis":
         from ..bus.redis.listener import RedisListener
 
         assert bus.redis_url is not None
         listener = RedisListener(
-            bus.redis_url, show, ready, prefix=bus.redis_prefix, client_name="sserelay-cli"
+            bus.redis_url, _Printer(), prefix=bus.redis_prefix, client_name="sserelay-cli"
         )
     else:
         from ..bus.postgres.listener import PostgresListener
 
         assert bus.dsn is not None
-        listener = PostgresListener(bus.dsn, show, ready, application_name="sserelay-cli")
+        listener = PostgresListener(bus.dsn, _Printer(), application_name="sserelay-cli")
     for channel in channels:
         listener.listen(channel)
     task = asyncio.create_task(listener.run())

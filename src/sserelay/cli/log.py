@@ -51,7 +51,7 @@ def migrate(args: argparse.Namespace) -> int:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    from ..bus.postgres.durable import prune
+    from ..bus.postgres.log import prune
 
     if args.max_age is None and args.max_count is None:
         print("sserelay: error: prune needs --max-age and/or --max-count", file=sys.stderr)

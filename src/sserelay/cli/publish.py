@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     bus = bus_settings(args)
     target: Any
     if bus.bus == "redis":
-        from ..bus.redis.log import RedisBus
+        from ..bus.redis.publish import RedisBus
 
         assert bus.redis_url is not None
         target = RedisBus(

@@ -183,10 +183,17 @@ async def serve(
     say(f"{who}serving on {relay.url} (streams at {relay.url}/events/CHANNEL)")
     if not settings.allowed_origins and not worker:
         log.info("ALLOWED_ORIGINS is empty: browsers on other origins cannot read the streams")
-    await stop.wait()
-    log.info("shutting down")
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(relay.failed())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for waiting in waits:
+        waiting.cancel()
+    if relay.failure is not None:
+        # Serving silence is worse than exiting: a supervisor (systemd, --workers) restarts us.
+        log.critical("the %s cannot be kept running: shutting down", relay.failure)
+    else:
+        log.info("shutting down")
     await relay.shutdown()
-    return 0
+    return 0 if relay.failure is None else 1
 
 
 def cannot_listen(settings: Settings, exc: OSError) -> ConfigError:

@@ -38,6 +38,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--ttl", type=seconds, default=3600.0, help="lifetime: 3600, 15m, 12h (default 1h)"
     )
     p.add_argument("--subject", help="who the bearer is (the sub claim), for logs and limits")
+    p.add_argument(
+        "--admin",
+        action="store_true",
+        help="the admin grant: the operator's views (/healthz details)",
+    )
     key = p.add_mutually_exclusive_group()
     key.add_argument(
         "--jwt-secret",
@@ -56,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from ..access.keys import load_private_key, read_key_file
     from ..access.tokens import mint_token
 
-    if not args.channels and not args.publish:
-        raise ConfigError("token needs at least one --channel or --publish")
+    if not args.channels and not args.publish and not args.admin:
+        raise ConfigError("token needs at least one --channel, --publish or --admin")
     key: str | bytes
     if args.jwt_private_key is not None:
         key = read_key_file(args.jwt_private_key, "--jwt-private-key")
@@ -76,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         ttl=args.ttl,
         subject=args.subject,
         algorithm=algorithm,
+        admin=args.admin,
     )
     print(token, flush=True)
     return 0

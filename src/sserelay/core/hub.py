@@ -1,13 +1,20 @@
-"""The hub: who is subscribed to what, and the fan-out.
+"""The hub: who is subscribed to what, and the fan-out loop. It moves bytes, nothing else.
 
-The hot path is :meth:`Hub.dispatch`: one notification is turned into an
-:class:`~sserelay.events.Event` (encoded once) and handed to every subscriber of
-its channel in one synchronous loop: no task, queue or coroutine per subscriber.
-A subscriber that cannot keep up reports it and is dropped after the loop, so it
-never costs the others memory or latency.
+Every event is encoded once (:class:`~sserelay.wire.envelope.Event` holds its frame)
+and the same bytes are written to every live subscriber of its channel, from one loop,
+with no task, queue or coroutine per client. A subscriber whose socket cannot keep up
+reports it and is dropped after the loop, so it never costs the others memory or
+latency.
 
-The hub knows nothing about HTTP: the native server, the ASGI app and the
-Django view provide :class:`Subscriber` objects.
+What an event *is* (raw or durable, in order or not) is decided above, by the channel
+owner (:class:`~sserelay.core.delivery.Delivery`), which the hub calls through the small
+:class:`ChannelOwner` interface: when a channel gets its first member or loses its last,
+whether a channel is live, a composite id for a multi-channel stream, and when a stream
+is forgotten. A stream may join as a member that is not live yet (it is catching up
+from the log); it enters the fan-out with :meth:`Hub.join`.
+
+The hub knows nothing about HTTP: the native server, the ASGI app and the Django view
+provide :class:`~sserelay.core.protocols.Subscriber` objects.
 """
 
 from __future__ import annotations
@@ -18,17 +25,12 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from .. import jitter
-from ..wire.envelope import Event, event_from_notification
+from ..wire.envelope import Event
 from ..wire.sse import encode_comment, encode_retry
-from .protocols import Broker
-
-DURABLE_PREFIX = '{"seq":'  # what sserelay.publish() notifies (see replay.py)
-
-if TYPE_CHECKING:
-    from .replay import CatchUp, Replay
+from .protocols import Lease, Subscriber
 
 log = logging.getLogger("sserelay.hub")
 
@@ -36,58 +38,39 @@ PING = encode_comment("ping")
 READY = encode_comment("ready")
 
 
-class Subscriber(Protocol):
-    """One open stream, as the hub sees it."""
+class ChannelOwner(Protocol):
+    """What the hub tells, and asks, the owner of the channels."""
 
-    #: The channels this stream receives, fixed for its lifetime.
-    channels: tuple[str, ...]
-    #: Channels not yet live on the broker; READY is written when it empties.
-    pending: set[str]
-    #: Monotonic time of the next heartbeat.
-    next_ping: float
-    #: Set by the hub: the sorted channels whose positions make this stream's composite
-    #: event ids (multi-channel streams on durable channels), else None.
-    id_key: tuple[str, ...] | None
+    def first_member(self, channel: str) -> None:
+        """``channel`` got its first member: subscribe to it on the bus."""
 
-    def deliver(self, event: Event) -> bool:
-        """Write ``event``; return False if the subscriber is too far behind (it gets dropped)."""
+    def last_member(self, channel: str) -> None:
+        """``channel`` lost its last member: unsubscribe from it."""
 
-    def write(self, data: bytes) -> None:
-        """Write raw SSE bytes (a comment, a ``retry:``)."""
+    def is_live(self, channel: str) -> bool:
+        """Events published on ``channel`` from now on reach its members."""
 
-    def close(self, farewell: bytes = b"") -> None:
-        """End the stream cleanly after writing ``farewell``."""
+    def composite_id(self, key: tuple[str, ...]) -> str:
+        """The id a live stream on the (sorted) channels ``key`` gives the current event."""
 
-    def abort(self) -> None:
-        """Drop the connection now (slow client)."""
-
-
-class Lease(Protocol):
-    """What a stream was admitted with (see :mod:`sserelay.access`): released once, when
-    the hub forgets the stream, and the monotonic time it must end by (None: never)."""
-
-    deadline: float | None
-
-    def release(self) -> None:
-        """Give back the stream's place in the limits."""
+    def stream_gone(self, sub: Subscriber) -> None:
+        """``sub`` was forgotten (it may have been catching up)."""
 
 
 class Hub:
     """Subscriptions and fan-out for one process."""
 
-    def __init__(self, *, heartbeat: float = 15.0, retry_ms: int = 2000) -> None:
+    def __init__(self, owner: ChannelOwner, *, heartbeat: float = 15.0, retry_ms: int = 2000):
+        self.owner = owner
         self.heartbeat = heartbeat
         #: The ``retry:`` (jittered) sent to a stream ended at its deadline.
         self.retry_ms = retry_ms
-        self.broker: Broker | None = None
-        self.replay: Replay | None = None
-        #: Everyone on a channel (live or catching up): decides LISTEN/UNLISTEN and READY.
+        #: Everyone on a channel (live or catching up): decides subscriptions and READY.
         self._members: dict[str, dict[Subscriber, None]] = {}
         #: The live fan-out sets.
         self._channels: dict[str, dict[Subscriber, None]] = {}
-        self._subscribers: dict[Subscriber, None] = {}
-        #: Streams catching up from the log, with the live events that arrived meanwhile.
-        self._catching: dict[Subscriber, list[Event]] = {}
+        #: Every stream, and whether it is live (in the fan-out sets).
+        self._subscribers: dict[Subscriber, bool] = {}
         #: Live streams with composite ids (durable events then need a variant frame).
         self._composite = 0
         #: Leases of admitted streams, released on unsubscribe.
@@ -95,20 +78,16 @@ class Hub:
         #: (deadline, tie-breaker, stream): a min-heap, checked by the heartbeat task.
         #: Entries of streams gone early stay until popped or compacted away.
         self._deadlines: list[tuple[float, int, Subscriber]] = []
-        self._timed = 0  # live streams with a deadline
+        self._timed = 0  # streams with a deadline
         self._order = itertools.count()
         self.closing = False
         # Plain counters, read by the metrics collector at scrape time (no hot-path cost).
-        self.events_received = 0
         self.deliveries = 0
         self.slow_dropped = 0
         self.streams_opened = 0
         self.streams_expired = 0
 
     # -- subscriptions ---------------------------------------------------------------
-
-    def attach(self, broker: Broker) -> None:
-        self.broker = broker
 
     @property
     def stream_count(self) -> int:
@@ -121,18 +100,27 @@ class Hub:
     def channels(self) -> list[str]:
         return list(self._channels)
 
-    def subscribe(
-        self, sub: Subscriber, catch_up: CatchUp | None = None, *, lease: Lease | None = None
-    ) -> None:
+    def has_channel(self, channel: str) -> bool:
+        return channel in self._members
+
+    def members(self, channel: str) -> Iterable[Subscriber]:
+        return self._members.get(channel, ())
+
+    def is_member(self, sub: Subscriber) -> bool:
+        return sub in self._subscribers
+
+    def is_joined(self, sub: Subscriber) -> bool:
+        """``sub`` is in the live fan-out (not catching up, not gone)."""
+        return self._subscribers.get(sub, False)
+
+    def subscribe(self, sub: Subscriber, lease: Lease | None = None, *, live: bool = True) -> None:
         """Register ``sub`` on its channels; writes READY now or once they are live.
 
-        With ``catch_up`` (and durable channels enabled) the stream first replays the
-        log from the requested position, then joins the live fan-out with no gap. A
-        ``lease`` is released when the stream is forgotten; if it has a deadline, the
-        stream is ended then, with a jittered ``retry:`` (see :meth:`expire_due`).
+        ``live=False``: a member that is not in the fan-out yet (it is catching up), until
+        :meth:`join`. A ``lease`` is released when the stream is forgotten; if it has a
+        deadline, the stream is ended then, with a jittered ``retry:`` (:meth:`expire_due`).
         """
-        broker = self.broker
-        self._subscribers[sub] = None
+        self._subscribers[sub] = False
         self.streams_opened += 1
         if lease is not None:
             self._leases[sub] = lease
@@ -146,36 +134,35 @@ class Hub:
             if members is None:
                 members = self._members[channel] = {}
                 self._channels[channel] = {}
-                if self.replay is not None:
-                    self.replay.track(channel)
-                if broker is not None:
-                    broker.listen(channel)
+                self.owner.first_member(channel)
             members[sub] = None
-        sub.pending = {c for c in sub.channels if not self.is_live(c)}
+        sub.pending = {c for c in sub.channels if not self.owner.is_live(c)}
         if not sub.pending:
             sub.write(READY)
-        if catch_up is not None and self.replay is not None:
-            self._catching[sub] = []
-            self.replay.start_catch_up(sub, catch_up)
-        else:
-            self._join(sub)
+        if live:
+            self.join(sub)
 
-    def _join(self, sub: Subscriber) -> None:
+    def join(self, sub: Subscriber) -> None:
+        """``sub`` (a member) enters the live fan-out: from now on it gets every event."""
+        if self._subscribers.get(sub, True):
+            return  # gone, or live already
+        self._subscribers[sub] = True
         for channel in sub.channels:
             self._channels[channel][sub] = None
         if sub.id_key is not None:
             self._composite += 1
 
     def unsubscribe(self, sub: Subscriber) -> None:
-        """Forget ``sub`` (idempotent). The last subscriber of a channel UNLISTENs it."""
-        if self._subscribers.pop(sub, False) is False:
+        """Forget ``sub`` (idempotent). The last member of a channel unsubscribes it."""
+        live = self._subscribers.pop(sub, None)
+        if live is None:
             return
         lease = self._leases.pop(sub, None)
         if lease is not None:
             if lease.deadline is not None:
                 self._timed -= 1
             lease.release()
-        if self._catching.pop(sub, None) is None and sub.id_key is not None:
+        if live and sub.id_key is not None:
             self._composite -= 1
         for channel in sub.channels:
             members = self._members.get(channel)
@@ -186,24 +173,8 @@ class Hub:
             if not members:
                 del self._members[channel]
                 del self._channels[channel]
-                if self.replay is not None:
-                    self.replay.forget(channel)
-                if self.broker is not None:
-                    self.broker.unlisten(channel)
-
-    def is_live(self, channel: str) -> bool:
-        """LISTENed, and (for durable channels) its log position known."""
-        if self.broker is None or not self.broker.is_listening(channel):
-            return False
-        return self.replay is None or self.replay.is_ready(channel)
-
-    def on_listening(self, channels: Iterable[str]) -> None:
-        """Broker callback: ``channels`` are LISTENed (first time or after a reconnect)."""
-        channels = [c for c in channels if c in self._members]
-        if self.replay is not None:
-            self.replay.on_listening(channels)  # calls channels_live once positions are known
-        else:
-            self.channels_live(channels)
+                self.owner.last_member(channel)
+        self.owner.stream_gone(sub)
 
     def channels_live(self, channels: Iterable[str]) -> None:
         """``channels`` are live: tell the streams that waited for them."""
@@ -214,96 +185,44 @@ class Hub:
                     if not sub.pending:
                         sub.write(READY)
 
-    # -- catch-up (see replay.py) ----------------------------------------------------
-
-    def is_catching_up(self, sub: Subscriber) -> bool:
-        return sub in self._catching
-
-    def stamp(self, event: Event, sub: Subscriber, vector: dict[str, int]) -> Event:
-        """``event`` with the id ``sub`` must see, given its positions ``vector``."""
-        if sub.id_key is None or event.seq is None or not vector:
-            return event
-        return event.with_id(".".join(self._id_text(vector[c]) for c in sub.id_key))
-
-    def _id_text(self, position: int) -> str:
-        """A position as its log spells it in ``id:`` (Redis: the stream entry id)."""
-        return str(position) if self.replay is None else self.replay.format_id(position)
-
-    def finish_catch_up(self, sub: Subscriber, vector: dict[str, int]) -> None:
-        """Write what arrived live during the catch-up, then join the live fan-out."""
-        backlog = self._catching.pop(sub, None)
-        if backlog is None:
-            return
-        for event in backlog:
-            if event.seq is not None and vector:
-                if event.seq <= vector[event.channel]:
-                    continue  # replayed already
-                vector[event.channel] = event.seq
-            if not sub.deliver(self.stamp(event, sub, vector)):
-                self._catching[sub] = []  # so unsubscribe does not count it as live
-                self.drop_slow(sub)
-                return
-        self._join(sub)
-
     # -- fan-out ---------------------------------------------------------------------
 
-    def dispatch(self, channel: str, payload: str) -> None:
-        """Broker callback: deliver one notification to every subscriber of ``channel``."""
-        self.events_received += 1
-        if channel not in self._members:
-            return
-        replay = self.replay
-        if (
-            replay is not None
-            and payload.startswith(DURABLE_PREFIX)
-            and replay.on_notification(channel, payload)
-        ):
-            return  # durable: replay delivers it, in order, through publish_event
-        self.publish_event(event_from_notification(channel, payload))
-
-    def publish_event(self, event: Event) -> None:
-        """Write an already-built event to every subscriber of its channel."""
+    def publish(self, event: Event) -> None:
+        """Write ``event`` to every live subscriber of its channel."""
         subs = self._channels.get(event.channel)
-        if subs:
-            if self._composite and event.seq is not None:
-                slow = self._fan_out_composite(event, subs)
-            else:
-                slow = [sub for sub in subs if not sub.deliver(event)]
-            self.deliveries += len(subs) - len(slow)
-            for sub in slow:
-                self.drop_slow(sub)
-        if self._catching:
-            for sub, backlog in self._catching.items():
-                if event.channel in sub.channels:
-                    backlog.append(event)
+        if not subs:
+            return
+        if self._composite and event.seq is not None:
+            slow = self._fan_out_composite(event, subs)
+        else:
+            slow = [sub for sub in subs if not sub.deliver(event)]
+        self.deliveries += len(subs) - len(slow)
+        for sub in slow:
+            self.drop_slow(sub)
 
     def _fan_out_composite(self, event: Event, subs: dict[Subscriber, None]) -> list[Subscriber]:
         """Fan-out of a durable event when some streams need composite ids."""
-        assert self.replay is not None
-        positions = self.replay.positions
         variants: dict[tuple[str, ...], Event] = {}
         slow = []
         for sub in subs:
             key = sub.id_key
-            if key is None:
-                frame = event
-            else:
-                frame = variants.get(key)  # type: ignore[assignment]  # filled just below
-                if frame is None:
-                    frame = variants[key] = event.with_id(
-                        ".".join(self._id_text(positions(c)) for c in key)
-                    )
+            frame = event
+            if key is not None:
+                variant = variants.get(key)
+                if variant is None:
+                    variant = variants[key] = event.with_id(self.owner.composite_id(key))
+                frame = variant
             if not sub.deliver(frame):
                 slow.append(sub)
         return slow
 
     def drop_slow(self, sub: Subscriber) -> None:
         self.slow_dropped += 1
-        log.info("dropping slow client on %s", ",".join(sub.channels))
+        log.info("dropping slow client on %s", ",".join(sub.channels)[:200])
         self.unsubscribe(sub)
         sub.abort()
 
-    # -- heartbeats and shutdown -----------------------------------------------------
+    # -- heartbeats, deadlines and shutdown ------------------------------------------
 
     def _next_ping(self, now: float) -> float:
         return now + self.heartbeat * jitter.uniform(1.0, 1.25)
@@ -338,7 +257,7 @@ class Hub:
         return ended
 
     async def run_heartbeats(self) -> None:
-        """Owner-managed task: ping idle streams so proxies keep them open, and end the
+        """A long-lived task: ping idle streams so proxies keep them open, and end the
         streams whose deadline has passed."""
         tick = min(1.0, self.heartbeat / 4)
         while True:

@@ -1,14 +1,16 @@
 """The native HTTP front: an asyncio ``Protocol`` per connection, parsed by httptools.
 
-Each connection reads one request head (bounded in size and time), then either
-answers and closes, or becomes an SSE stream: it registers itself with the hub
-as a :class:`~sserelay.hub.Subscriber` and from then on is written to directly
-by the hub's fan-out loop, with each event's bytes already chunk-framed.
+Each connection reads one request head (bounded in size and time), then either answers
+and closes, or becomes an SSE stream: it registers itself as a
+:class:`~sserelay.core.protocols.Subscriber` and from then on is written to directly by
+the hub's fan-out loop, with each event's bytes already chunk-framed. What a request
+gets is decided by :func:`sserelay.http.front.dispatch`, as on the other fronts.
 
-``POST /publish`` is the one request with a body: it is refused from its head when it
-can be (no key, too large, wrong type), read up to ``max_publish_bytes`` within the
-same deadline as the head, and answered by :class:`~sserelay.publishing.Publisher`
-in a task of its own.
+``POST /publish`` is the one request with a body: it is refused from its head when it can
+be (no key, too large, wrong type), read up to ``max_publish_bytes`` within the same
+deadline as the head, and answered by :class:`~sserelay.http.publish.Publisher` in a
+job of its own. Trailers after a chunked body count toward ``max_header_bytes`` and are
+never kept (:class:`~sserelay.http.request.HeaderCollector`).
 """
 
 from __future__ import annotations
@@ -20,32 +22,18 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
-from ..core.hub import retry_hint
-from ..core.replay import catch_up_request
 from ..errors import HttpError
 from ..wire import sse
 from ..wire.envelope import Event
-from .responses import SSE_HEADERS, cors_headers, error_body, head, preflight_headers
-from .routes import Endpoint, StreamRoute, request_timeout, route
+from .front import PUBLISH, Admission, Response, dispatch, refusal, start_stream
+from .request import HeaderCollector, Request, head_too_large
+from .responses import cors_headers, head
+from .routes import request_timeout
 
 if TYPE_CHECKING:
     from ..relay import Relay
 
 log = logging.getLogger("sserelay.server")
-
-#: The request headers kept (the last of each; Cookie lines are joined).
-_KEPT_HEADERS = frozenset(
-    {
-        "origin",
-        "last-event-id",
-        "access-control-request-method",
-        "authorization",
-        "cookie",
-        "content-type",
-        "content-length",
-        "expect",
-    }
-)
 
 
 class HttpConnection(asyncio.Protocol):
@@ -57,15 +45,15 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set in connection_made
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
-        self.method = b""
+        self.head = HeaderCollector(relay.settings.max_header_bytes)
         self.headers: dict[str, str] = {}
         self.client: str | None = None  # the peer's address, for the per-client limit
         self.received = 0
-        self.head_bytes = 0  # request target and header lines, as parsed
         self.body: bytearray | None = None  # POST /publish only: the body read so far
         self.done = False  # a response was started; ignore further input
         self.timer: asyncio.TimerHandle | None = None
-        # Subscriber state (see hub.Subscriber)
+        self.method = b""
+        # Subscriber state (see core.protocols.Subscriber)
         self.channels: tuple[str, ...] = ()
         self.pending: set[str] = set()
         self.next_ping = 0.0
@@ -75,6 +63,7 @@ class HttpConnection(asyncio.Protocol):
         self.max_buffer = relay.settings.max_client_buffer
         self._write: Callable[[bytes], object] = _closed
         self._buffered: Callable[[], int] = _nothing_buffered
+        self._resumed: asyncio.Event | None = None  # set while the transport takes writes
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -99,46 +88,51 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             pass  # Upgrade requests are answered as plain HTTP (on_message_complete ran)
         except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, HttpError) and not self.done:
+                self.fail(exc.__context__)  # from a callback: the head or trailers too large
+                return
             if self.done:
                 return  # junk pipelined after a complete request: ignored, like any later input
             reason = str(exc).split(":")[0] or "malformed request"
             self.fail(HttpError(400, f"malformed HTTP request ({reason})"))
             return
-        if not self.done and self.body is None and self.received > self.settings.max_header_bytes:
+        limit = self.settings.max_header_bytes
+        if not self.done and self.body is None and self.received > limit:
             # Without a body to read (see on_headers_complete) every byte is head.
-            self.fail(HttpError(431, f"request head over {self.settings.max_header_bytes} bytes"))
+            self.fail(head_too_large(limit))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
         self.relay.connection_closed(self)
+        if self._resumed is not None:
+            self._resumed.set()  # a catch-up waiting for the client: the client is gone
         if self.streaming:
             self.streaming = False
-            self.relay.hub.unsubscribe(self)
+            self.relay.unsubscribe(self)
+
+    def pause_writing(self) -> None:
+        if self._resumed is None:
+            self._resumed = asyncio.Event()
+        self._resumed.clear()
+
+    def resume_writing(self) -> None:
+        if self._resumed is not None:
+            self._resumed.set()
 
     # -- httptools callbacks ---------------------------------------------------------
 
     def on_url(self, url: bytes) -> None:
         self.url += url
-        self.head_bytes += len(url)
+        self.head.count(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_bytes += len(name) + len(value) + 4  # ": " and CRLF
-        key = name.decode("latin-1").lower()
-        if key == "cookie" and key in self.headers:  # several Cookie lines: one list
-            self.headers[key] += "; " + value.decode("latin-1")
-        elif key in _KEPT_HEADERS:
-            self.headers[key] = value.decode("latin-1")
+        self.head.add(name, value)  # a trailer once the head is complete: counted, not kept
 
     def on_headers_complete(self) -> None:
         self.method = self.parser.get_method()
-        # data_received's count misses a head that arrives whole in one read: it is
-        # parsed (and would be handled) before that check runs.
-        if self.head_bytes > self.settings.max_header_bytes:
-            self.fail(HttpError(431, f"request head over {self.settings.max_header_bytes} bytes"))
-            return
+        self.headers = self.head.finish()
         if self.method == b"POST" and self._path() == b"/publish":
-            publisher = self.relay.publisher
-            refused = publisher.precheck(self.headers)
+            refused = self.relay.publisher.precheck(self.headers)
             if refused is not None:
                 self.fail(refused)
                 return
@@ -161,7 +155,6 @@ class HttpConnection(asyncio.Protocol):
     # -- request handling ------------------------------------------------------------
 
     def handle(self) -> None:
-        method = self.parser.get_method().decode("latin-1")
         version = self.parser.get_http_version()
         if version not in ("1.0", "1.1"):
             # httptools accepts HTTP/0.9 (no version) and "HTTP/2.0" in text: neither
@@ -169,54 +162,33 @@ class HttpConnection(asyncio.Protocol):
             self.fail(HttpError(400, f"HTTP/{version} is not supported; use HTTP/1.1"))
             return
         self.chunked = version != "1.0"
-        origin = self.headers.get("origin")
-        if method == "OPTIONS":
-            headers = preflight_headers(origin, self.settings.allowed_origins)
-            self.respond(204, b"", headers)
-            return
         try:
             url = httptools.parse_url(self.url)
         except httptools.HttpParserInvalidURLError:
             self.fail(HttpError(400, "malformed request target"))
             return
-        path = url.path.decode("latin-1")
-        query = (url.query or b"").decode("latin-1")
-        try:
-            target = route(method, path, query, max_channels=self.settings.max_channels_per_stream)
-            if self.relay.hub.closing:
-                raise HttpError(503, "relay is shutting down", (("Retry-After", "1"),))
-        except HttpError as exc:
-            self.fail(exc)
-            return
-        if isinstance(target, Endpoint) and target.name == "publish":
-            self.done = True  # read no more: the answer comes from the task
-            self.relay.publisher.spawn(
-                self.publish(query, cors_headers(origin, self.settings.allowed_origins))
-            )
-        elif isinstance(target, Endpoint):
-            status, ctype, body = self.relay.endpoint(target.name)
-            self.respond(status, body, [("Content-Type", ctype), ("Cache-Control", "no-cache")])
-        else:
-            self.start_stream(target, cors_headers(origin, self.settings.allowed_origins))
+        request = Request(
+            self.method.decode("latin-1"),
+            url.path.decode("latin-1"),
+            (url.query or b"").decode("latin-1"),
+            self.headers,
+            self.client,
+            version,
+        )
+        outcome = dispatch(self.relay, request)
+        if isinstance(outcome, Response):
+            self.respond(outcome.status, outcome.body, outcome.headers)
+        elif isinstance(outcome, Admission):
+            self.start(outcome)
+        elif outcome is PUBLISH:
+            self.done = True  # read no more: the answer comes from the job
+            extra = cors_headers(request.origin, self.settings.allowed_origins)
+            self.relay.tasks.spawn(self.publish(request.query, extra), "publish")
 
-    def start_stream(self, target: StreamRoute, extra: list[tuple[str, str]]) -> None:
-        try:
-            catch_up = catch_up_request(
-                target.channels, target.query, self.headers.get("last-event-id")
-            )
-        except ValueError as exc:
-            self.fail(HttpError(400, str(exc)))
-            return
-        try:
-            lease = self.relay.access.admit(
-                target.channels, self.headers, target.query, self.client
-            )
-        except HttpError as exc:
-            self.fail(exc)
-            return
+    def start(self, admission: Admission) -> None:
         self.done = True
-        self.channels = target.channels
-        headers = [*SSE_HEADERS, *extra]
+        self.channels = admission.channels
+        headers = list(admission.headers)
         if self.chunked:
             headers.append(("Transfer-Encoding", "chunked"))
             version = "1.1"
@@ -224,9 +196,8 @@ class HttpConnection(asyncio.Protocol):
             headers.append(("Connection", "close"))
             version = "1.0"
         self.transport.write(head(200, headers, version))
-        self.write(retry_hint(self.settings.retry_ms))
         self.streaming = True
-        self.relay.hub.subscribe(self, catch_up, lease=lease)
+        start_stream(self.relay, self, admission)
 
     async def publish(self, query: str, extra: list[tuple[str, str]]) -> None:
         body = bytes(self.body or b"")
@@ -238,18 +209,17 @@ class HttpConnection(asyncio.Protocol):
 
     def respond(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
         self.done = True
-        headers = [*headers, ("Content-Length", str(len(body))), ("Connection", "close")]
+        if status != 304:
+            headers = [*headers, ("Content-Length", str(len(body)))]
+        headers.append(("Connection", "close"))
         if self.method == b"HEAD":
             body = b""  # a response to HEAD has no content (RFC 9110, 9.3.2)
         self.transport.write(head(status, headers) + body)
         self.transport.close()
 
     def fail(self, error: HttpError) -> None:
-        self.relay.count_rejected(error.status)
-        log.debug("%s %s", error.status, error.reason)
-        headers = [("Content-Type", "application/json"), *error.headers]
-        headers += cors_headers(self.headers.get("origin"), self.settings.allowed_origins)
-        self.respond(error.status, error_body(error.reason), headers)
+        answer = refusal(self.relay, error, self.headers.get("origin"))
+        self.respond(answer.status, answer.body, answer.headers)
 
     def _path(self) -> bytes:
         try:
@@ -267,7 +237,7 @@ class HttpConnection(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
 
-    # -- hub.Subscriber --------------------------------------------------------------
+    # -- core.protocols.Subscriber ---------------------------------------------------
 
     def deliver(self, event: Event) -> bool:
         # The hot path: bound methods and a cached bound, no attribute chains (see bench/).
@@ -292,6 +262,13 @@ class HttpConnection(asyncio.Protocol):
     def abort(self) -> None:
         self.streaming = False
         self.transport.abort()
+
+    def backlog(self) -> int:
+        return self._buffered()
+
+    async def drained(self) -> None:
+        if self._resumed is not None and not self.transport.is_closing():
+            await self._resumed.wait()
 
 
 def _closed(data: bytes) -> None:

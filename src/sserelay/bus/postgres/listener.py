@@ -1,17 +1,24 @@
-"""The PostgreSQL broker: one LISTEN connection per process.
+"""The PostgreSQL listener: one LISTEN connection per process.
 
-The connection is owned by one task (:meth:`PostgresListener.run`). It LISTENs
-on a channel when the hub gets its first subscriber and UNLISTENs after the last
-leaves, batching changes. Between commands it waits for the socket to become
-readable and reads notifications straight from libpq, so LISTEN never waits
-behind a ``notifies()`` generator and no polling interval adds latency.
+The connection is owned by one task (:meth:`PostgresListener.run`). It LISTENs on a
+channel when the core gets its first subscriber and UNLISTENs after the last leaves,
+batching changes. For every channel it LISTENs on two names: the channel itself (plain
+``NOTIFY``s, ``pg_notify``, non-durable publishes) and the channel's durable name,
+which only ``sserelay.publish`` notifies (see ``statements.durable_channel``): so a raw
+``NOTIFY`` of user text can never pass for a durable event.
 
-Liveness: TCP keepalives, plus a probe every ``probe_interval`` seconds that
-NOTIFYs the listener's own private channel with a timestamp. The probe proves
-the whole path (send, commit, deliver) and measures the notification lag. A
-failed or late probe, or any connection error, closes the connection; the task
-reconnects with jittered exponential backoff and LISTENs every live channel
-again. Streams stay open meanwhile; only ``healthy`` changes.
+Between commands it waits for the socket to become readable and reads notifications
+straight from libpq, so a LISTEN never waits behind a ``notifies()`` generator and no
+polling interval adds latency. Notifications are decoded here, as UTF-8 with
+replacement characters: a payload that is not valid in the connection's encoding (a
+``SQL_ASCII`` database takes any bytes) arrives with U+FFFD in it and is counted; it
+never ends the listener.
+
+Liveness: TCP keepalives, plus a probe every ``probe_interval`` seconds that NOTIFYs the
+listener's own private channel with a timestamp. The probe proves the whole path (send,
+commit, deliver) and measures the notification lag. A failed or late probe, or any
+connection error, closes the connection; the task reconnects with jittered exponential
+backoff and LISTENs every live channel again. Streams stay open meanwhile.
 """
 
 from __future__ import annotations
@@ -24,14 +31,16 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg_pool import PoolTimeout
 
-from ...core.protocols import OnListening, OnMessage
+from ...core.protocols import BusSink
 from ..listener import Listener, ProbeFailed
+from .statements import durable_channel
 
 log = logging.getLogger("sserelay.postgres")
 
 APPLICATION_NAME = "sserelay-listener"
-#: LISTEN/UNLISTEN statements sent in one round trip.
+#: Channels LISTENed (each under its two names) in one round trip.
 _BATCH = 200
 
 #: libpq TCP keepalive settings: a silently dead peer is noticed in about 25 s.
@@ -44,10 +53,10 @@ KEEPALIVE_PARAMS: dict[str, Any] = {
 
 
 class PostgresListener(Listener[psycopg.AsyncConnection[Any]]):
-    """The :class:`~sserelay.broker.Broker` for PostgreSQL LISTEN/NOTIFY."""
+    """The :class:`~sserelay.core.protocols.Listener` for PostgreSQL LISTEN/NOTIFY."""
 
     broker = "postgres"
-    errors = (psycopg.Error, OSError, ProbeFailed, TimeoutError)
+    errors = (psycopg.Error, OSError, ProbeFailed, TimeoutError, PoolTimeout)
     _log = log
     _what = "listener"
     _bus = "PostgreSQL"
@@ -57,8 +66,7 @@ class PostgresListener(Listener[psycopg.AsyncConnection[Any]]):
     def __init__(
         self,
         dsn: str,
-        on_message: OnMessage,
-        on_listening: OnListening,
+        sink: BusSink,
         *,
         application_name: str = APPLICATION_NAME,
         probe_interval: float = 5.0,
@@ -68,8 +76,7 @@ class PostgresListener(Listener[psycopg.AsyncConnection[Any]]):
         connect_timeout: float = 10.0,
     ) -> None:
         super().__init__(
-            on_message,
-            on_listening,
+            sink,
             probe_interval=probe_interval,
             probe_timeout=probe_timeout,
             reconnect_min=reconnect_min,
@@ -79,23 +86,44 @@ class PostgresListener(Listener[psycopg.AsyncConnection[Any]]):
         self.application_name = application_name
         self.connect_timeout = connect_timeout
         self.probe_channel = f"sserelay.probe.{os.getpid()}.{uuid.uuid4().hex[:12]}"
+        #: Name LISTENed -> (channel, durable): both names of every live channel.
+        self._names: dict[str, tuple[str, bool]] = {}
+        #: Notifications that were not valid text in the connection's encoding.
+        self.undecodable = 0
 
     # -- the connection task ---------------------------------------------------------
 
     async def _session(self) -> None:
-        conn = await psycopg.AsyncConnection.connect(
-            self.dsn,
-            autocommit=True,
-            application_name=self.application_name,
-            connect_timeout=max(1, int(self.connect_timeout)),
-            **KEEPALIVE_PARAMS,
-        )
+        async with asyncio.timeout(self.connect_timeout + 1):  # not wait_for: see _idle
+            conn = await psycopg.AsyncConnection.connect(
+                self.dsn,
+                autocommit=True,
+                application_name=self.application_name,
+                connect_timeout=max(1, int(self.connect_timeout)),
+                # The server converts every payload to UTF-8 (but on SQL_ASCII databases,
+                # which pass bytes through: hence the lenient decoding in _text).
+                client_encoding="UTF8",
+                **KEEPALIVE_PARAMS,
+            )
         self._conn = conn
-        conn.add_notify_handler(self._on_notify)
-        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.probe_channel)))
+        # psycopg would decode notifications strictly, inside its own code: take them raw.
+        conn.pgconn.notify_handler = self._on_pgnotify
+        await self._bounded(conn, sql.SQL("LISTEN {}").format(sql.Identifier(self.probe_channel)))
         self._active.clear()
+        self._names.clear()
         self._connected()
         await self._serve(conn)
+
+    async def _bounded(self, conn: psycopg.AsyncConnection[Any], statement: Any) -> None:
+        """Run ``statement``; a server that does not answer in time is a hung connection."""
+        try:
+            async with asyncio.timeout(self.probe_timeout):  # not wait_for: see Listener._idle
+                await conn.execute(statement)
+        except TimeoutError:
+            raise ProbeFailed(
+                f"PostgreSQL did not answer a command within {self.probe_timeout:g}s "
+                "(the connection is hung or the server overloaded)"
+            ) from None
 
     async def _step(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._read(conn)
@@ -119,38 +147,57 @@ class PostgresListener(Listener[psycopg.AsyncConnection[Any]]):
         if pgconn.status != psycopg.pq.ConnStatus.OK:
             raise psycopg.OperationalError("connection to PostgreSQL lost")
         while (n := pgconn.notifies()) is not None:
-            self._deliver(n.relname.decode(), n.extra.decode(errors="replace"))
+            self._on_pgnotify(n)
 
-    def _on_notify(self, notify: psycopg.Notify) -> None:
-        """Notifications psycopg read while one of our commands was running."""
-        self._deliver(notify.channel, notify.payload)
+    def _text(self, raw: bytes) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self.undecodable += 1
+            return raw.decode("utf-8", errors="replace")
 
-    def _deliver(self, channel: str, payload: str) -> None:
-        if channel == self.probe_channel:
+    def _on_pgnotify(self, notify: psycopg.pq.PGnotify) -> None:
+        """One notification, as libpq gives it (bytes), whoever read it."""
+        name = self._text(notify.relname)
+        payload = self._text(notify.extra)
+        if name == self.probe_channel:
             self._probe_answered(payload)
-        else:
-            self._hand_over(channel, payload)
+            return
+        found = self._names.get(name)
+        if found is not None:
+            self._hand_over(found[0], payload, found[1])
 
     async def _sync(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """LISTEN what is wanted and UNLISTEN what is not, in batches."""
-        while True:
-            add = sorted(self._wanted - self._active)[:_BATCH]
-            drop = sorted(self._active - self._wanted)[: _BATCH - len(add)]
-            if not add and not drop:
-                return
-            statements = [sql.SQL("LISTEN {}").format(sql.Identifier(c)) for c in add]
-            statements += [sql.SQL("UNLISTEN {}").format(sql.Identifier(c)) for c in drop]
+        for add, drop in self._changes(_BATCH):
+            statements = []
+            for verb, channels in (("LISTEN", add), ("UNLISTEN", drop)):
+                for channel in channels:
+                    for name in (channel, durable_channel(channel)):
+                        statements.append(sql.SQL(verb + " {}").format(sql.Identifier(name)))
             # Not live from the moment the UNLISTEN is sent: a subscriber arriving while it
             # is in flight must wait for the LISTEN that follows, not be told it is live.
             self._active.difference_update(drop)
-            await conn.execute(sql.SQL("; ").join(statements))
+            for channel in drop:
+                self._names.pop(channel, None)
+                self._names.pop(durable_channel(channel), None)
+            await self._bounded(conn, sql.SQL("; ").join(statements))
+            for channel in add:
+                self._names[channel] = (channel, False)
+                self._names[durable_channel(channel)] = (channel, True)
             self._active.update(add)
             if add:
-                self._on_listening(c for c in add if c in self._wanted)
+                self._sink.on_listening([c for c in add if c in self._wanted])
 
     async def _send_probe(self, conn: psycopg.AsyncConnection[Any], payload: str) -> None:
-        async with asyncio.timeout(self.probe_timeout):  # not wait_for: see Listener._idle
-            await conn.execute("SELECT pg_notify(%s, %s)", (self.probe_channel, payload))
+        try:
+            async with asyncio.timeout(self.probe_timeout):  # not wait_for: see Listener._idle
+                await conn.execute("SELECT pg_notify(%s, %s)", (self.probe_channel, payload))
+        except TimeoutError:
+            raise ProbeFailed(
+                f"PostgreSQL did not answer the liveness probe within {self.probe_timeout:g}s "
+                "(the connection is hung or the server overloaded)"
+            ) from None
 
     async def _close(self, conn: psycopg.AsyncConnection[Any]) -> None:
         await conn.close()

@@ -1,25 +1,26 @@
-"""The Redis broker: one pub/sub connection per process.
+"""The Redis listener: one pub/sub connection per process.
 
-The counterpart of :mod:`sserelay.postgres` for Redis. One task owns one
-connection (:meth:`RedisListener.run`). It SUBSCRIBEs to a channel when the hub
-gets its first subscriber and UNSUBSCRIBEs after the last leaves, batching
-changes. A second task reads what the server pushes: subscription confirmations
-and messages, in the order Redis sent them. A channel is live once the server's
-confirmation of its SUBSCRIBE has been read: everything published after that
-point reaches the relay, as after a completed LISTEN.
+The counterpart of :mod:`sserelay.bus.postgres.listener` for Redis. One task owns one
+connection (:meth:`RedisListener.run`). It SUBSCRIBEs to a channel when the core gets
+its first subscriber and UNSUBSCRIBEs after the last leaves, batching changes. As on
+PostgreSQL, every channel has two pub/sub names: ``<prefix><channel>`` for plain
+publishes and ``<prefix>sserelay.d.<channel>`` for durable ones (only the publish
+script sends there). A second task reads what the server pushes: subscription
+confirmations and messages, in the order Redis sent them. A channel is live once the
+server has confirmed both of its SUBSCRIBEs: everything published after that point
+reaches the relay, as after a completed LISTEN.
 
-Liveness: TCP keepalives, plus a ``PING`` every ``probe_interval`` seconds (allowed
-in subscribed mode; its ``pong`` comes back on the same connection, behind any
-message already sent). A probe not answered in ``probe_timeout``, or any
-connection error, closes the connection; the task reconnects with jittered
-exponential backoff and SUBSCRIBEs every live channel again. Streams stay open
-meanwhile; only ``healthy`` changes. Messages published while the connection is
-down are lost, as Redis pub/sub keeps nothing: durable channels are filled again
-from their streams (see :mod:`sserelay.redis_log`).
+Liveness: TCP keepalives, plus a ``PING`` every ``probe_interval`` seconds (allowed in
+subscribed mode; its ``pong`` comes back on the same connection, behind any message
+already sent). A probe not answered in ``probe_timeout``, or any connection error,
+closes the connection; the task reconnects with jittered exponential backoff and
+SUBSCRIBEs every live channel again. Streams stay open meanwhile. Messages published
+while the connection is down are lost, as Redis pub/sub keeps nothing: durable
+channels are filled again from their streams (see :mod:`sserelay.bus.redis.log`).
 
-Channel names are used as they are, after the optional ``prefix`` (pub/sub is
-global to a Redis server, whatever the database number: a prefix separates
-deployments that share one).
+Channel names are used as they are, after the optional ``prefix`` (pub/sub is global to
+a Redis server, whatever the database number: a prefix separates deployments that
+share one).
 """
 
 from __future__ import annotations
@@ -33,25 +34,25 @@ from typing import Any
 from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
-from ...core.protocols import OnListening, OnMessage
+from ...core.protocols import BusSink
 from ..listener import Listener, ProbeFailed
+from .scripts import DURABLE_PREFIX
 
 log = logging.getLogger("sserelay.redis")
 
 CLIENT_NAME = "sserelay-listener"
-#: Channels per SUBSCRIBE/UNSUBSCRIBE command.
+#: Channels per SUBSCRIBE/UNSUBSCRIBE command (each under its two names).
 _BATCH = 200
 
 #: What a lost or refused connection raises.
-ERRORS = (redis_errors.RedisError, OSError, TimeoutError)
+ERRORS = (redis_errors.RedisError, OSError, TimeoutError, ProbeFailed)
 
 
 class RedisListener(Listener[AbstractConnection]):
-    """The :class:`~sserelay.broker.Broker` for Redis pub/sub."""
+    """The :class:`~sserelay.core.protocols.Listener` for Redis pub/sub."""
 
     broker = "redis"
-    #: Anything: a client-library surprise must not end the listener (see _session).
-    errors = (Exception,)
+    errors = ERRORS
     _log = log
     _what = "Redis listener"
     _bus = "Redis"
@@ -61,8 +62,7 @@ class RedisListener(Listener[AbstractConnection]):
     def __init__(
         self,
         url: str,
-        on_message: OnMessage,
-        on_listening: OnListening,
+        sink: BusSink,
         *,
         prefix: str = "",
         client_name: str = CLIENT_NAME,
@@ -73,8 +73,7 @@ class RedisListener(Listener[AbstractConnection]):
         connect_timeout: float = 10.0,
     ) -> None:
         super().__init__(
-            on_message,
-            on_listening,
+            sink,
             probe_interval=probe_interval,
             probe_timeout=probe_timeout,
             reconnect_min=reconnect_min,
@@ -83,6 +82,7 @@ class RedisListener(Listener[AbstractConnection]):
         self.url = url
         self.prefix = prefix
         self._prefix_bytes = prefix.encode()
+        self._durable_bytes = (prefix + DURABLE_PREFIX).encode()
         # No socket_timeout: the reader blocks until the server sends; the probe and
         # TCP keepalives find a dead peer. The URL may set TLS, a password, a database.
         pool = ConnectionPool.from_url(
@@ -104,7 +104,8 @@ class RedisListener(Listener[AbstractConnection]):
         self.probe_channel = f"{prefix}sserelay.probe.{uuid.uuid4().hex[:12]}".encode()
         #: Channels whose last command sent was SUBSCRIBE.
         self._subscribed: set[str] = set()
-        #: Confirmations still to come per channel (SUBSCRIBE and UNSUBSCRIBE each get one).
+        #: Confirmations still to come per channel (each name's SUBSCRIBE and UNSUBSCRIBE
+        #: get one).
         self._pending: dict[str, int] = {}
         #: The task reading what the server pushes, while a session is up.
         self._reader: asyncio.Task[None] | None = None
@@ -114,16 +115,6 @@ class RedisListener(Listener[AbstractConnection]):
     # -- the connection task ---------------------------------------------------------
 
     async def _session(self) -> None:
-        try:
-            await self._connect_and_serve()
-        except (*ERRORS, ProbeFailed):
-            raise
-        except Exception:
-            # Not a lost connection: say so loudly, then reconnect all the same.
-            log.exception("Redis listener failed")
-            raise
-
-    async def _connect_and_serve(self) -> None:
         conn = self._connection_class(**self._connection_kwargs)
         self._conn = conn
         await conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
@@ -163,27 +154,27 @@ class RedisListener(Listener[AbstractConnection]):
 
     async def _sync(self, conn: AbstractConnection) -> None:
         """SUBSCRIBE what is wanted and UNSUBSCRIBE what is not, in batches."""
-        while True:
-            add = sorted(self._wanted - self._subscribed)[:_BATCH]
-            drop = sorted(self._subscribed - self._wanted)[:_BATCH]
-            if not add and not drop:
-                return
+        for add, drop in self._changes(_BATCH, self._subscribed):
             for channel in drop:
                 # Not live from the moment the UNSUBSCRIBE is sent: a subscriber arriving
                 # meanwhile waits for the confirmation of the SUBSCRIBE that follows.
                 self._subscribed.discard(channel)
                 self._active.discard(channel)
-                self._pending[channel] = self._pending.get(channel, 0) + 1
+                self._pending[channel] = self._pending.get(channel, 0) + 2
             for channel in add:
                 self._subscribed.add(channel)
-                self._pending[channel] = self._pending.get(channel, 0) + 1
+                self._pending[channel] = self._pending.get(channel, 0) + 2
             if drop:
-                await self._send(conn, "UNSUBSCRIBE", *(self._wire(c) for c in drop))
+                await self._send(conn, "UNSUBSCRIBE", *self._names(drop))
             if add:
-                await self._send(conn, "SUBSCRIBE", *(self._wire(c) for c in add))
+                await self._send(conn, "SUBSCRIBE", *self._names(add))
 
-    def _wire(self, channel: str) -> bytes:
-        return self._prefix_bytes + channel.encode()
+    def _names(self, channels: list[str]) -> list[bytes]:
+        names = []
+        for channel in channels:
+            raw = channel.encode()
+            names += [self._prefix_bytes + raw, self._durable_bytes + raw]
+        return names
 
     # -- what the server pushes ------------------------------------------------------
 
@@ -202,26 +193,31 @@ class RedisListener(Listener[AbstractConnection]):
             elif kind == b"pong":
                 self._probe_answered(reply[1])
 
-    def _name(self, raw: bytes) -> str | None:
-        """The channel name of a wire name, None if it is not one of ours."""
-        if not raw.startswith(self._prefix_bytes):
+    def _channel(self, raw: bytes) -> tuple[str, bool] | None:
+        """(channel, durable) for a pub/sub name, None if it is not one of ours."""
+        if raw.startswith(self._durable_bytes):
+            name, durable = raw[len(self._durable_bytes) :], True
+        elif raw.startswith(self._prefix_bytes):
+            name, durable = raw[len(self._prefix_bytes) :], False
+        else:
             return None
         try:
-            return raw[len(self._prefix_bytes) :].decode()
+            return name.decode(), durable
         except UnicodeDecodeError:
             return None
 
     def _deliver(self, raw_channel: bytes, payload: bytes) -> None:
-        channel = self._name(raw_channel)
-        if channel is not None:
-            self._hand_over(channel, payload.decode(errors="replace"))
+        found = self._channel(raw_channel)
+        if found is not None:
+            self._hand_over(found[0], payload.decode(errors="replace"), found[1])
 
     def _confirmed(self, raw_channel: bytes) -> None:
         if raw_channel == self.probe_channel:
             return
-        channel = self._name(raw_channel)
-        if channel is None or channel not in self._pending:
+        found = self._channel(raw_channel)
+        if found is None or found[0] not in self._pending:
             return
+        channel = found[0]
         left = self._pending[channel] - 1
         if left > 0:
             self._pending[channel] = left
@@ -230,7 +226,7 @@ class RedisListener(Listener[AbstractConnection]):
         if channel in self._subscribed:
             self._active.add(channel)
             if channel in self._wanted:
-                self._on_listening([channel])
+                self._sink.on_listening([channel])
 
     def _probe_answered(self, payload: str | bytes) -> None:
         super()._probe_answered(payload)
