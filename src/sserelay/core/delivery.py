@@ -143,19 +143,19 @@ class Delivery:
 
     # -- the bus's side (core.protocols.BusSink) --------------------------------------
 
-    def on_message(self, channel: str, payload: str, durable: bool) -> None:
+    def on_message(self, channel: str, payload: str) -> None:
         self.events_received += 1
-        if channel not in self.states:
-            return  # nobody listens any more
-        if not durable:
+        if channel in self.states:  # else nobody listens any more
             self.emit(event_from_notification(channel, payload))
-            return
-        assert self.log is not None
-        notified = self.log.notified(payload)
+
+    def on_durable(self, channel: str, notified: Notified | None) -> None:
+        self.events_received += 1
+        state = self.states.get(channel)
+        if state is None:
+            return  # nobody listens any more
         if notified is None:
             self._refuse(channel, "a durable notification that cannot be read")
             return
-        state = self.states[channel]
         if state.position is None or state.filling:
             state.queue.append(notified)
         elif not self._advance(channel, state, notified):
