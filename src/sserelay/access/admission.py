@@ -41,7 +41,11 @@ class StreamAccess:
         self.settings = settings
         self.policy = policy if policy is not None else policy_from_settings(settings)
         self.limits = StreamLimits(
-            settings.max_streams, settings.max_streams_per_client, settings.max_streams_per_subject
+            settings.max_streams,
+            settings.max_streams_per_client,
+            settings.max_streams_per_subject,
+            max_channels=settings.max_distinct_channels,
+            channels_per_owner=settings.max_channels_per_client,
         )
 
     def admit(
@@ -67,9 +71,13 @@ class StreamAccess:
                 challenge = 'Bearer error="insufficient_scope"'
             raise HttpError(exc.status, exc.reason, (("WWW-Authenticate", challenge),)) from None
         subject = access.subject if access is not None else None
+        if access is not None and subject is None and client is not None:
+            # A token without ``sub`` must not escape the per-subject limit: its bearer is
+            # counted by address (as the publish rate does).
+            subject = f"address {client}"
         deadline = self._deadline(access.expires_at if access is not None else None)
         try:
-            lease = self.limits.acquire(client, subject, deadline)
+            lease = self.limits.acquire(client, subject, deadline, channels)
         except HttpError as exc:
             self._refused(exc.status, exc.reason, subject, client)
             raise

@@ -117,6 +117,8 @@ async def _catch_up(delivery: Delivery, sub: Subscriber, request: CatchUp) -> No
         if state is None or not here():
             raise Gone
         await state.known.wait()
+        if delivery.states.get(channel) is not state or not here():
+            raise Gone
     if not delivery.enabled:
         delivery.join(sub, {}, lambda event: event)
         return

@@ -114,6 +114,7 @@ class Delivery:
     def last_member(self, channel: str) -> None:
         state = self.states.pop(channel, None)
         if state is not None:
+            state.known.set()  # wake the catch-ups waiting for it: they find it gone
             for _, waiter in state.waiters:
                 waiter.cancel()
         if self.listener is not None:

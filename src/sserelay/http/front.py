@@ -25,7 +25,7 @@ from ..core.catchup import CatchUp, catch_up_request
 from ..core.hub import retry_hint
 from ..core.protocols import Subscriber
 from ..errors import HttpError
-from .request import Request
+from .request import Request, client_address
 from .responses import SSE_HEADERS, cors_headers, error_body, preflight_headers
 from .routes import Endpoint, StreamRoute, route
 
@@ -81,6 +81,8 @@ def dispatch(relay: Relay, request: Request) -> Outcome:
     """What ``request`` gets (see the module docstring)."""
     settings = relay.settings
     origin = request.origin
+    # Behind a trusted proxy, the client is the one it names (per-client limits, logs).
+    request.client = client_address(request.client, request.headers, settings.forwarded_allow_ips)
     if request.method == "OPTIONS":
         return Response(204, preflight_headers(origin, settings.allowed_origins), b"")
     try:
