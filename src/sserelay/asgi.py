@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import quote, unquote
 
+from . import assets
 from .cli import resolve_dsn
 from .config import Settings, load_settings
 from .errors import SseRelayError
@@ -33,7 +34,7 @@ from .publishing import Publisher, Reply
 from .relay import OpenStreams, Relay
 from .replay import catch_up_request
 from .responses import SSE_HEADERS, cors_headers, error_body, preflight_headers
-from .routes import Endpoint, HttpError, StreamRoute, request_timeout, route
+from .routes import AssetRoute, Endpoint, HttpError, StreamRoute, request_timeout, route
 
 __all__ = ["AsgiStream", "RelayApp", "app", "create_app", "route_path"]
 
@@ -50,7 +51,16 @@ FAREWELL_TIMEOUT = 1.0
 #: The request headers read (the last of each; Cookie headers are joined), as the native
 #: server keeps them.
 _REQUEST_HEADERS = frozenset(
-    {"origin", "last-event-id", "authorization", "cookie", "content-type", "content-length"}
+    {
+        "origin",
+        "last-event-id",
+        "authorization",
+        "cookie",
+        "content-type",
+        "content-length",
+        "if-none-match",
+        "accept-encoding",
+    }
 )
 
 
@@ -327,6 +337,11 @@ class RelayApp:
                 send, status, body, [("Content-Type", ctype), ("Cache-Control", "no-cache")]
             )
             return
+        if isinstance(target, AssetRoute):
+            origins = settings.allowed_origins
+            status, reply, body = assets.respond(target.name, target.query, headers, origins)
+            await _respond(send, status, body, reply)
+            return
         extra = cors_headers(origin, settings.allowed_origins)
         await self._stream(relay, target, headers, _client(scope), extra, receive, send)
 
@@ -538,7 +553,8 @@ def _encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
-    headers = [*headers, ("Content-Length", str(len(body)))]
+    if status != 304:  # a 304's Content-Length would have to be the 200's (RFC 9110)
+        headers = [*headers, ("Content-Length", str(len(body)))]
     await send(
         {"type": "http.response.start", "status": status, "headers": _encode_headers(headers)}
     )

@@ -6,6 +6,7 @@
   whose name is one of our endpoints (``events``, ``healthz``, ``metrics``,
   ``publish``) are reachable under ``/events/`` only.
 - ``GET /healthz``, ``GET /metrics``.
+- ``GET /sserelay.js``, ``GET /sserelay.classic.js``: the browser client (:mod:`~sserelay.assets`).
 - ``POST /publish``: publish one event (see :mod:`sserelay.publishing`); every other
   method on ``/publish`` is a 405 with ``Allow: POST``.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
+from .assets import NAMES as ASSET_NAMES
 from .channels import validate_channel
 from .errors import InvalidChannel
 
@@ -48,7 +50,13 @@ class Endpoint:
     name: str  # "healthz", "metrics" or "publish"
 
 
-Route = StreamRoute | Endpoint
+@dataclass(frozen=True, slots=True)
+class AssetRoute:
+    name: str  # one of sserelay.assets.NAMES
+    query: tuple[tuple[str, str], ...] = ()
+
+
+Route = StreamRoute | Endpoint | AssetRoute
 
 
 def _decode(raw: str, what: str) -> str:
@@ -93,6 +101,8 @@ def route(method: str, path: str, query: str, *, max_channels: int) -> Route:
     params = _query(query)
     if path == "/healthz" or path == "/metrics":
         return Endpoint(path[1:])
+    if path[1:] in ASSET_NAMES:  # "sserelay.*" is no channel name, so no channel is hidden
+        return AssetRoute(path[1:], tuple(params))
     if path == "/events" or path == "/events/":
         names = [value for key, value in params if key == "channel"]
         if not names:

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
-from . import sse
+from . import assets, sse
 from .events import Event
 from .hub import retry_hint
 from .replay import catch_up_request
 from .responses import SSE_HEADERS, cors_headers, error_body, head, preflight_headers
-from .routes import Endpoint, HttpError, StreamRoute, request_timeout, route
+from .routes import AssetRoute, Endpoint, HttpError, StreamRoute, request_timeout, route
 
 if TYPE_CHECKING:
     from .relay import Relay
@@ -43,6 +43,8 @@ _KEPT_HEADERS = frozenset(
         "content-type",
         "content-length",
         "expect",
+        "if-none-match",
+        "accept-encoding",
     }
 )
 
@@ -195,6 +197,10 @@ class HttpConnection(asyncio.Protocol):
         elif isinstance(target, Endpoint):
             status, ctype, body = self.relay.endpoint(target.name)
             self.respond(status, body, [("Content-Type", ctype), ("Cache-Control", "no-cache")])
+        elif isinstance(target, AssetRoute):
+            allowed = self.settings.allowed_origins
+            status, headers, body = assets.respond(target.name, target.query, self.headers, allowed)
+            self.respond(status, body, headers)
         else:
             self.start_stream(target, cors_headers(origin, self.settings.allowed_origins))
 
@@ -237,7 +243,9 @@ class HttpConnection(asyncio.Protocol):
 
     def respond(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
         self.done = True
-        headers = [*headers, ("Content-Length", str(len(body))), ("Connection", "close")]
+        if status != 304:  # a 304's Content-Length would have to be the 200's (RFC 9110)
+            headers = [*headers, ("Content-Length", str(len(body)))]
+        headers = [*headers, ("Connection", "close")]
         if self.method == b"HEAD":
             body = b""  # a response to HEAD has no content (RFC 9110, 9.3.2)
         self.transport.write(head(status, headers) + body)
