@@ -241,3 +241,28 @@ def test_ten_tabs_share_one_stream(setup: Setup) -> None:
     requests = setup.stream_requests()
     assert len(requests) == 2, requests
     assert re.search(r"\r\nlast-event-id: 5\r\n", requests[1], re.I), requests[1]
+
+
+def test_offline_pauses_online_resumes_close_ends(setup: Setup) -> None:
+    """The browser goes offline (DevTools network emulation): the client drops its stream and
+    waits; back online it resumes from its last id at once. ``sub.close()`` ends it all."""
+    browser = setup.browser
+    tab = browser.open(setup.pages.page("net"))
+    browser.wait(tab, live, "live")
+    setup.publish("net", "before")
+    browser.wait(tab, lambda s: datas(s) == ["before"], "the first event")
+
+    conditions = {"latency": 0, "download_throughput": -1, "upload_throughput": -1}
+    browser.driver.set_network_conditions(offline=True, **conditions)
+    browser.wait(tab, lambda s: states(s)[-1] == "offline", "offline")
+    wait_for(lambda: setup.relay.metric("sserelay_streams_open") == 0, "the stream dropped")
+    setup.publish("net", "while offline")
+    browser.driver.set_network_conditions(offline=False, **conditions)
+    seen = browser.wait(tab, lambda s: len(s["events"]) >= 2, "the event sent while offline")
+    assert datas(seen) == ["before", "while offline"]
+    assert states(seen)[-1] == "live"
+    assert len(setup.stream_requests()) == 2, "one reconnect, when the browser came online"
+
+    browser.driver.execute_script("window.sub.close()")
+    browser.wait(tab, lambda s: states(s)[-1] == "closed", "closed")
+    wait_for(lambda: setup.relay.metric("sserelay_streams_open") == 0, "no stream left")
