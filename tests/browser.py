@@ -220,6 +220,8 @@ class PageServer:
 
     def __init__(self, relay_url: str) -> None:
         self.minted = 0
+        #: Other pages, by path (``add``).
+        self.extra: dict[str, str] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -228,6 +230,8 @@ class PageServer:
                 query = parse_qs(url.query)
                 if url.path == "/page.html":
                     body, ctype = (PAGE % {"relay": relay_url}).encode(), "text/html"
+                elif url.path in server.extra:
+                    body, ctype = server.extra[url.path].encode(), "text/html"
                 elif url.path == "/token":
                     ttl = float(query.get("ttl", ["600"])[0])
                     body = mint_token(SECRET, subscribe=query["channel"], ttl=ttl).encode()
@@ -257,6 +261,11 @@ class PageServer:
     def page(self, *channels: str, **params: str) -> str:
         query = [("channel", c) for c in channels] + list(params.items())
         return f"{self.origin}/page.html?" + "&".join(f"{k}={v}" for k, v in query)
+
+    def add(self, path: str, html: str) -> str:
+        """Serve ``html`` at ``path``; return its URL."""
+        self.extra[path] = html
+        return self.origin + path
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -295,6 +304,8 @@ class Browser:
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         self.driver = webdriver.Chrome(service=Service(driver), options=options)
         self.tabs: list[str] = []
+        #: What the pages wrote to the console so far (read by :meth:`console`).
+        self.logged: list[str] = []
 
     def open(self, url: str) -> str:
         """Open ``url`` in a new tab (the first in the window's own); return its handle."""
@@ -334,10 +345,10 @@ class Browser:
 
     def console(self) -> str:
         try:
-            entries = self.driver.get_log("browser")
+            self.logged += [e.get("message", "") for e in self.driver.get_log("browser")]
         except Exception as exc:  # the log is a diagnostic: never the failure itself
             return f"(no console: {exc!r})"
-        return "console:\n" + "\n".join(e.get("message", "") for e in entries[-30:])
+        return "console:\n" + "\n".join(self.logged[-30:])
 
     def quit(self) -> None:
         self.driver.quit()

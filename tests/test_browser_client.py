@@ -33,6 +33,8 @@ from browser import (
 )
 from sserelay.durable import prune
 
+ROOT = Path(__file__).resolve().parents[1]
+
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.e2e,
@@ -68,6 +70,7 @@ def setup(durable_dsn: str, tmp_path: Path) -> Iterator[Setup]:
             SSERELAY_JWT_SECRET=SECRET,
             ALLOWED_ORIGINS=pages.origin,
             SSERELAY_RETRY_MS="300",
+            SSERELAY_PUBLIC_CHANNELS="lobby",  # the documented snippets use no token
         )
         relay.start()
         yield Setup(durable_dsn, relay, proxy, pages, browser)
@@ -120,6 +123,20 @@ def test_events_arrive_as_with_eventsource(setup: Setup) -> None:
 
     other = browser.wait(fallback, lambda s: len(s["events"]) >= 5, "the fallback's events")
     assert [(e["type"], e["data"], e["lastEventId"]) for e in other["events"]] == plain
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/browser.md"])
+def test_documented_snippet(setup: Setup, doc: str) -> None:
+    """The client's first example in the docs, as written (but the relay's URL)."""
+    text = (ROOT / doc).read_text()
+    snippet = re.search(r"```html\n(<script type=\"module\">.*?)```", text, re.S)
+    assert snippet, f"no module snippet in {doc}"
+    html = snippet.group(1).replace("http://127.0.0.1:8001", setup.proxy.url)
+    browser = setup.browser
+    browser.open(setup.pages.add("/snippet.html", "<!doctype html>" + html))
+    wait_for(lambda: '"status" "live"' in browser.console(), "the snippet logs its status")
+    setup.publish("lobby", "Hello, world!")
+    wait_for(lambda: '"message" "Hello, world!"' in browser.console(), "the event is logged")
 
 
 def test_forbidden_stops_and_says_why(setup: Setup) -> None:
