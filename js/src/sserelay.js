@@ -225,7 +225,11 @@ export function subscribe(url, options = {}) {
       fn?.(arg);
     } catch (err) {
       // The page's handler failed: report it (window.onerror, the console), keep the stream.
-      (env.reportError || ((e) => setTimeout(() => { throw e; })))(err);
+      const rethrow = (e) =>
+        setTimeout(() => {
+          throw e;
+        });
+      (env.reportError || rethrow)(err);
     }
   };
   const status = (s, extra) => {
@@ -252,7 +256,8 @@ export function subscribe(url, options = {}) {
         // not the relay's missed event: an ordinary one
       }
     }
-    call(o.onEvent, { type, data, id: ownId, lastEventId: lastId, channel: taken.channel || single });
+    const from = taken.channel || single;
+    call(o.onEvent, { type, data, id: ownId, lastEventId: lastId, channel: from });
   };
 
   const schedule = (delay, fresh) => {
@@ -399,7 +404,7 @@ export function subscribe(url, options = {}) {
     status("offline");
   });
   const online = listen(env, "online", () => {
-    if (leader && !closed) connect();
+    if (leader && !closed && state?.state == "offline") connect();
   });
 
   if (o.shared && env.navigator?.locks && env.BroadcastChannel) {
