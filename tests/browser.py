@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from sserelay.auth import mint_token
+from sserelay import mint_token
 
 #: A secret shared by the relay and the page server's token endpoint (32+ bytes).
 SECRET = "test-secret-for-the-browser-client-0123456789"

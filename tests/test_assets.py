@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fronts import FRONTS, Front, serving
-from sserelay import assets
+from sserelay.http import assets
 from sserelay.testing import raw_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

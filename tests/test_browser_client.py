@@ -31,7 +31,7 @@ from browser import (
     states,
     wait_for,
 )
-from sserelay.durable import prune
+from sserelay.bus.postgres.log import prune
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -30,7 +30,7 @@ def render(text: str) -> str:
 def test_tags_point_at_this_site_or_at_the_relay() -> None:
     from django.test import override_settings
 
-    from sserelay import assets
+    from sserelay.http import assets
 
     module, script = assets.load("sserelay.js"), assets.load("sserelay.classic.js")
     assert module is not None and script is not None

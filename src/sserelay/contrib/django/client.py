@@ -16,16 +16,15 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 
-from ... import assets
-from ...channels import validate_channel
-from ...errors import InvalidChannel
+from ...errors import HttpError, InvalidChannel
+from ...http import assets
+from ...http.front import refused, static
+from ...wire.channels import validate_channel
 from . import conf
 from .tokens import token_for
+from .views import django_response, front_request
 
 __all__ = ["relay_url", "script", "script_url", "token"]
-
-#: Request headers :func:`sserelay.assets.respond` reads.
-_ASSET_HEADERS = ("origin", "if-none-match", "accept-encoding")
 
 
 def relay_url() -> str:
@@ -42,15 +41,16 @@ def script_url(name: str = "sserelay.js") -> str:
 
 
 def script(request: HttpRequest, name: str) -> HttpResponse:
-    """``sse/sserelay.js`` and ``sse/sserelay.classic.js``, as the relay serves them."""
-    headers = {key: request.headers[key] for key in _ASSET_HEADERS if key in request.headers}
-    query = [(key, value) for key, values in request.GET.lists() for value in values]
-    origins = conf.relay_settings().allowed_origins
-    status, reply, body = assets.respond(name, query, headers, origins)
-    response = HttpResponse(body, status=status)
-    for key, value in reply:
-        response[key] = value
-    return response
+    """``sse/sserelay.js`` and ``sse/sserelay.classic.js``, answered as the relay's fronts
+    answer ``GET /sserelay.js`` (:func:`sserelay.http.front.static`); under WSGI too, and
+    without starting the in-process relay."""
+    settings = conf.relay_settings()
+    try:
+        relayed = front_request(request, "/" + name, settings.max_header_bytes)
+    except HttpError as exc:  # 431
+        origin = request.headers.get("origin")
+        return django_response(refused(exc, origin, settings.allowed_origins))
+    return django_response(static(relayed, settings.allowed_origins))
 
 
 def token(request: HttpRequest) -> HttpResponse:
