@@ -62,6 +62,7 @@ async def test_versioned_url_is_immutable_and_gzip_is_offered(front: Front) -> N
 async def test_cors_as_configured(front: Front) -> None:
     allowed = await front.get("/sserelay.js", {"Origin": ORIGIN})
     assert allowed.headers["access-control-allow-origin"] == ORIGIN
+    assert allowed.headers["vary"] == "Accept-Encoding, Origin", "one Vary line, both names"
     other = await front.get("/sserelay.js", {"Origin": "https://elsewhere.example"})
     assert "access-control-allow-origin" not in other.headers
 

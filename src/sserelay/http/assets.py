@@ -80,13 +80,15 @@ def respond(
     gzipped = "gzip" in headers.get("accept-encoding", "").lower()
     etag = asset.etag(gzipped)
     versioned = ("v", asset.version) in tuple(query)
+    # One Vary header, not two: a front that sets headers by name (Django) keeps the last.
+    vary = ["Accept-Encoding", *(value for key, value in cors if key == "Vary")]
     out = [
         ("Content-Type", CONTENT_TYPE),
         ("Cache-Control", CACHE_VERSIONED if versioned else CACHE_REVALIDATE),
         ("ETag", etag),
-        ("Vary", "Accept-Encoding"),
+        ("Vary", ", ".join(vary)),
         ("X-Content-Type-Options", "nosniff"),
-        *cors,
+        *((key, value) for key, value in cors if key != "Vary"),
     ]
     if etag in (tag.strip() for tag in headers.get("if-none-match", "").split(",")):
         return 304, out, b""

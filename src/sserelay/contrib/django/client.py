@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
 
 from ...errors import HttpError, InvalidChannel
 from ...http import assets
@@ -40,6 +41,9 @@ def script_url(name: str = "sserelay.js") -> str:
     return assets.url(name, relay_url())
 
 
+# Static bytes, no state to protect: exempt, so that any method but GET gets the relay's
+# 405 (as on every front), not Django's CSRF page.
+@csrf_exempt
 def script(request: HttpRequest, name: str) -> HttpResponse:
     """``sse/sserelay.js`` and ``sse/sserelay.classic.js``, answered as the relay's fronts
     answer ``GET /sserelay.js`` (:func:`sserelay.http.front.static`); under WSGI too, and
