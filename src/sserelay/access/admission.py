@@ -1,12 +1,11 @@
-"""Who may open a stream, and how many: the decisions both HTTP fronts share.
+"""Who may open a stream, and how many: the check every front runs before a stream starts.
 
-The native server and the ASGI app each hand :meth:`StreamAccess.admit` the request's
+:func:`sserelay.http.front.dispatch` hands :meth:`StreamAccess.admit` a request's
 channels, headers (lower-case names), query and client address. It answers with a
-:class:`Lease` (the stream's place in the limits and the time it must end by), which
-the front passes to :meth:`Hub.subscribe <sserelay.hub.Hub.subscribe>`; the hub
-releases it when it forgets the stream and ends the stream at its deadline. Or it
-raises :class:`~sserelay.routes.HttpError`: 401/403 (the token), 503 (the process is
-full), 429 (this client or this subject holds too many streams).
+:class:`~sserelay.access.limits.Lease` (the stream's place in the limits and the time it
+must end by), which the hub releases when it forgets the stream (ending the stream at its
+deadline). Or it raises :class:`~sserelay.errors.HttpError`: 401/403 (the token), 503
+(the process is full), 429 (this client or this subject holds too many streams).
 
 Every check is O(1) in the number of open streams (plus the channels of the request).
 """

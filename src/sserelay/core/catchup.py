@@ -32,8 +32,9 @@ from dataclasses import dataclass
 
 from ..wire.envelope import Event
 from ..wire.ids import IdSpelling, parse_last_event_id
-from .delivery import Delivery, Gone
+from .delivery import Delivery
 from .protocols import EventLog, Lease, Subscriber
+from .reads import Gone
 
 log = logging.getLogger("sserelay.catchup")
 

@@ -1,4 +1,4 @@
-"""Which endpoint a request is for, shared by the native server and the ASGI app.
+"""Which endpoint a request is for, the same on every front.
 
 - ``GET /events/{channel}``: one channel (the rest of the path, percent-decoded).
 - ``GET /events?channel=a&channel=b``: several channels on one stream.

@@ -33,8 +33,9 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import PoolTimeout
 
-from ...core.protocols import BusSink
+from ...core.protocols import BusSink, Notified
 from ..listener import Listener, ProbeFailed
+from .log import parse_notification
 from .statements import durable_channel
 
 log = logging.getLogger("sserelay.postgres")
@@ -124,6 +125,9 @@ class PostgresListener(Listener[psycopg.AsyncConnection[Any]]):
                 f"PostgreSQL did not answer a command within {self.probe_timeout:g}s "
                 "(the connection is hung or the server overloaded)"
             ) from None
+
+    def _parse(self, payload: str) -> Notified | None:
+        return parse_notification(payload)
 
     async def _step(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._read(conn)
