@@ -30,7 +30,6 @@ from sserelay.durable import apublish_durable, prune
 from sserelay.relay import Relay
 from sserelay.testing import notify, running_relay, temporary_database
 
-
 RUNS = Path(__file__).resolve().parents[1] / ".pytest-tmp"
 
 

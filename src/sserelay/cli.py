@@ -341,6 +341,12 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    # The demo lives in sserelay.contrib.django, whose import needs Django: say which
+    # extra brings it rather than show an ImportError.
+    if importlib.util.find_spec("django") is None:
+        raise ConfigError("the demo needs Django and uvicorn: pip install 'sserelay[demo]'")
     from .contrib.django.demo import run_demo
 
     dsn = resolve_dsn(args.dsn or _env_dsn(), args.data_dir, announce=False)

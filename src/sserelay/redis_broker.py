@@ -30,8 +30,13 @@ import logging
 import uuid
 from typing import Any
 
-from redis import exceptions as redis_errors
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from .errors import ConfigError
+
+try:
+    from redis import exceptions as redis_errors
+    from redis.asyncio.connection import AbstractConnection, ConnectionPool
+except ImportError as exc:  # whatever imports us (CLI, API, relay) gets the extra named
+    raise ConfigError("Redis needs the redis package: pip install 'sserelay[redis]'") from exc
 
 from .broker import OnListening, OnMessage
 from .listening import Listener, ProbeFailed

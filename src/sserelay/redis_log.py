@@ -27,12 +27,16 @@ import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import redis
-import redis.asyncio
-from redis import exceptions as redis_errors
+from .errors import BrokerUnavailable, ConfigError, PublishError
+
+try:
+    import redis
+    import redis.asyncio
+    from redis import exceptions as redis_errors
+except ImportError as exc:  # whatever imports us (CLI, API, relay) gets the extra named
+    raise ConfigError("Redis needs the redis package: pip install 'sserelay[redis]'") from exc
 
 from .durable import prepare
-from .errors import BrokerUnavailable, ConfigError, PublishError
 from .publish import REDIS_SCHEMES, check_publish, durable_choice
 from .replay import SharedReads
 

@@ -1,6 +1,6 @@
 """Django is configured once per test session, on a database of its own, with the chat
-example (``examples/chat``) as the project: its app and model exercise the integration
-the way a user's project does. Servers started by these tests run the same project.
+example (``sserelay/contrib/django/example``) as the project: its app and model exercise
+the integration the way a user's project does. Servers started by these tests run the same project.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def django_dsn(dsn: str) -> Iterator[str]:
         if str(CHAT) not in sys.path:
             sys.path.insert(0, str(CHAT))
         os.environ["DATABASE_URL"] = db
+        os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-secret-key")  # no key file
         from chatsite import settings as chat_settings  # reads DATABASE_URL
 
         from sserelay.contrib.django.conf import database_from_url
