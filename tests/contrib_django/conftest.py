@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from browser import Page, chromium
 from django_helpers import CHAT
 
 from sserelay.testing import temporary_database
@@ -75,3 +76,30 @@ def _django_connections_closed() -> Iterator[None]:
         from django.db import connections
 
         connections.close_all()
+
+
+@pytest.fixture
+def pages() -> Iterator[tuple[Page, Page]]:
+    browser, driver = chromium()
+    first = Page(browser, driver)
+    try:
+        second = Page(browser, driver)
+    except BaseException:
+        first.quit()
+        raise
+    try:
+        yield first, second
+    finally:
+        first.quit()
+        second.quit()
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    """One headless Chromium."""
+    browser, driver = chromium()
+    made = Page(browser, driver)
+    try:
+        yield made
+    finally:
+        made.quit()
