@@ -21,7 +21,7 @@ import sserelay
 from sserelay import cli
 from sserelay.auth import mint_token
 from sserelay.config import Settings, load_settings, settings_from_env
-from sserelay.errors import ConfigError, InvalidChannel, PayloadTooLarge
+from sserelay.errors import ConfigError, InvalidChannel, InvalidEvent, PayloadTooLarge
 from sserelay.redis_broker import CLIENT_NAME
 from sserelay.redis_log import MAX_RAW_PAYLOAD_BYTES, RedisBus, entry_id, position, stream_key
 from sserelay.relay import Relay
@@ -240,7 +240,9 @@ async def test_publish_api_takes_a_redis_url(redis_url: str, prefix: str) -> Non
         second = await asyncio.to_thread(sserelay.publish, bus, channel, "two")
         assert isinstance(second, str) and position(second) > position(first)
         assert await sserelay.apublish(bus, channel, "raw", durable=False) is None
-        assert await sserelay.apublish(bus, channel, "with id", id=7) is None  # raw
+        assert await sserelay.apublish(bus, channel, "with id", id=7, durable=False) is None
+        with pytest.raises(InvalidEvent, match="Redis stream, which numbers"):
+            await sserelay.apublish(bus, channel, "with id", id=7)  # the stream numbers events
         with pytest.raises(PayloadTooLarge):
             await sserelay.apublish(bus, channel, "x" * MAX_RAW_PAYLOAD_BYTES, durable=False)
         with pytest.raises(InvalidChannel):

@@ -103,7 +103,10 @@ def publish(
     ``durable``: True appends it to the event log (see :mod:`sserelay.durable`) and
     returns its id; False sends a plain NOTIFY and returns None; None (the default)
     is durable when the database has the ``sserelay`` schema (asked once per
-    connection), unless ``id`` or ``retry`` is given (the log has neither).
+    connection). ``id`` and ``retry`` are for plain events: the log numbers a channel's
+    events itself, so with the schema installed they need ``durable=False`` (else
+    :class:`~sserelay.InvalidEvent`: an id of the caller's among the log's would break
+    ``Last-Event-ID`` resume).
     """
     bus = _redis_bus(conn)
     if bus is not None:
@@ -124,6 +127,7 @@ def publish(
         if durable is None:
             durable = durable_available(conn)
         if durable:
+            refuse_own_fields(id, retry, POSTGRES_LOG)
             return publish_durable(conn, channel, data, event=event)
         payload = payload or encode_payload(data, event=event, id=id, retry=retry)
         conn.execute(NOTIFY_SQL, (channel, payload))
@@ -169,6 +173,7 @@ async def apublish(
         if durable is None:
             durable = await adurable_available(conn)
         if durable:
+            refuse_own_fields(id, retry, POSTGRES_LOG)
             return await apublish_durable(conn, channel, data, event=event)
         payload = payload or encode_payload(data, event=event, id=id, retry=retry)
         await conn.execute(NOTIFY_SQL, (channel, payload))
@@ -188,7 +193,8 @@ def check_publish(
 ) -> str | None:
     """Refuse, before connecting, what cannot be sent; the raw payload if known."""
     validate_channel(channel)
-    if durable is False:
+    if durable is False or id is not None or retry is not None:
+        # Plain, or plain unless the bus has a log (refused then): check it as plain.
         return encode_payload(data, event=event, id=id, retry=retry, limit=limit)
     # durable, or undecided until we ask the database: check what both paths need now.
     prepare(channel, data, event)
@@ -196,12 +202,30 @@ def check_publish(
 
 
 def durable_choice(durable: bool | None, id: object, retry: object) -> bool | None:
-    """``durable`` resolved as far as the arguments allow (None: ask the database)."""
-    if id is None and retry is None:
-        return durable
-    if durable:
+    """``durable`` resolved as far as the arguments allow (None: ask the bus)."""
+    if durable and (id is not None or retry is not None):
         raise InvalidEvent("a durable event gets its id from the log and cannot carry retry")
-    return False
+    return durable
+
+
+#: How each bus's log is named in :func:`refuse_own_fields`'s message.
+POSTGRES_LOG = "this database's durable event log (sserelay migrate)"
+REDIS_LOG = "the channel's Redis stream"
+
+
+def refuse_own_fields(id: object, retry: object, log: str) -> None:
+    """An event left to the default (``durable=None``) on a bus that has a log is durable,
+    and the log numbers it: an ``id`` (or ``retry``) of the caller's is refused, not sent
+    as a plain event whose id would land among the log's (``1, 42, 2``) and send a browser
+    that resumes from it back to "now"."""
+    given = [name for name, value in (("id", id), ("retry", retry)) if value is not None]
+    if given:
+        what = " and ".join({"id": "an id", "retry": "a retry"}[name] for name in given)
+        raise InvalidEvent(
+            f"{what} of your own cannot go into {log}, which numbers each channel's events "
+            f"itself: leave {' and '.join(given)} out, or send a plain event (durable=False, "
+            "or sserelay publish --no-durable), which is not kept for replay"
+        )
 
 
 def _redis_bus(conn: object) -> RedisBus | None:

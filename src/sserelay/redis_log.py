@@ -37,7 +37,7 @@ except ImportError as exc:  # whatever imports us (CLI, API, relay) gets the ext
     raise ConfigError("Redis needs the redis package: pip install 'sserelay[redis]'") from exc
 
 from .durable import prepare
-from .publish import REDIS_SCHEMES, check_publish, durable_choice
+from .publish import REDIS_LOG, REDIS_SCHEMES, check_publish, durable_choice, refuse_own_fields
 from .replay import SharedReads
 
 log = logging.getLogger("sserelay.redis_log")
@@ -234,8 +234,11 @@ class RedisBus:
         durable: bool | None = None,
     ) -> str | None:
         """Publish one event; return its stream entry id if durable (the default: the log
-        is always there on Redis), else None. ``id``/``retry`` make it raw."""
+        is always there on Redis), else None. ``id``/``retry`` need ``durable=False`` (see
+        :func:`sserelay.publish.refuse_own_fields`)."""
         durable = durable_choice(durable, id, retry)
+        if durable is not False:
+            refuse_own_fields(id, retry, REDIS_LOG)
         payload = check_publish(channel, data, event, id, retry, durable, MAX_RAW_PAYLOAD_BYTES)
         client, script = self._client()
         try:
@@ -261,6 +264,8 @@ class RedisBus:
     ) -> str | None:
         """Async twin of :meth:`publish`."""
         durable = durable_choice(durable, id, retry)
+        if durable is not False:
+            refuse_own_fields(id, retry, REDIS_LOG)
         payload = check_publish(channel, data, event, id, retry, durable, MAX_RAW_PAYLOAD_BYTES)
         client, script = self._aclient()
         try:
