@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,11 +30,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from checkout import copy_checkout
 from sserelay.testing import SseClient, showing_frames
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
-ROOT = Path(__file__).resolve().parents[1]
 PIP_TIMEOUT = 600  # seconds for one pip command (downloads on a cold cache)
 
 
@@ -51,26 +50,10 @@ def run(args: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 120
     return done.stdout
 
 
-def source_copy(target: Path) -> Path:
-    """The checkout's files (tracked, and new ones not ignored) copied to ``target``."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for name in filter(None, listed.split("\0")):
-        source = ROOT / name
-        if source.is_file():  # a file deleted but not yet committed is listed too
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    return target
-
-
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("wheel")
-    source = source_copy(work / "src")
+    source = copy_checkout(work / "src")
     run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), "."],
         env=dict(os.environ),

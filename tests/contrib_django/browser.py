@@ -29,7 +29,7 @@ def chromium() -> tuple[str, str]:
 class Page:
     """One browser (its own profile, so its own user) on the chat."""
 
-    def __init__(self, browser: str, driver: str) -> None:
+    def __init__(self, browser: str, driver: str, *arguments: str) -> None:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
 
@@ -42,6 +42,7 @@ class Page:
             "--disable-background-networking",
             "--disable-dev-shm-usage",
             "--window-size=820,640",
+            *arguments,
         ):
             options.add_argument(arg)
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console()
