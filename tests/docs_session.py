@@ -36,6 +36,8 @@ from docs_blocks import Block
 #: Blocks that install packages may take this long (a cold pip cache downloads them).
 SLOW = 600.0
 FAST = 120.0
+#: Seconds an <!-- output --> may take to appear.
+OUTPUT_WAIT = 30.0
 #: Variables of the test run that would change what the docs' commands do.
 CLEARED = re.compile(
     r"^(DATABASE_URL|REDIS_URL|ALLOWED_ORIGINS|LOG_LEVEL|VIRTUAL_ENV|PYTHONPATH"
@@ -264,11 +266,13 @@ class Session:
         elif block.directives["output"]:
             raise DocFailure(f"{block.where}: <!-- output: ... --> knows only 'numbers vary'")
         pattern = re.compile(r"[ \t]*\r?\n".join(lines))
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + OUTPUT_WAIT
         while not pattern.search(latest.stdout()):
             if time.monotonic() > deadline:
                 raise self._failure(
-                    block, f"not in the output of {latest.block.where} within 30s", latest.output()
+                    block,
+                    f"not in the output of {latest.block.where} within {OUTPUT_WAIT:.0f}s",
+                    latest.output(),
                 )
             time.sleep(0.1)
 
