@@ -25,6 +25,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,9 +115,12 @@ class Session:
             # for 8001 here.
             SSERELAY_PORT=self.setting.ports["8001"],
         )
-        # A fresh shell: no virtualenv of the test run on PATH.
-        venv_bin = str(Path(os.environ.get("VIRTUAL_ENV", "/nonexistent")) / "bin")
-        env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != venv_bin)
+        # A fresh shell: no virtualenv of the test run's on PATH.
+        ours = {
+            str(Path(sys.prefix) / "bin"),
+            str(Path(os.environ.get("VIRTUAL_ENV", sys.prefix)) / "bin"),
+        }
+        env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p not in ours)
         return env
 
     # -- the text a block runs ----------------------------------------------------------

@@ -111,6 +111,13 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Venv:
     (home / "run").mkdir(mode=0o700)
     made = Venv(home / "venv", home)
     made.pip_install(str(wheel))
+    # What runs is the wheel's copy, not the checkout's (whose directory holds the test's).
+    where = run(
+        [str(made.path / "bin" / "python"), "-c", "import sserelay; print(sserelay.__file__)"],
+        env=made.env,
+        cwd=home,
+    )
+    assert Path(where.strip()).is_relative_to(made.path / "lib"), where
     return made
 
 
