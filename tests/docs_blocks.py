@@ -25,8 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 #: Languages the docs test runs, by the name in the fence's info string.
-RUNNABLE = {"sh": "sh", "bash": "sh", "shell": "sh", "python": "python", "py": "python"}
-RUNNABLE["sql"] = "sql"
+RUNNABLE = {
+    "sh": "sh",
+    "bash": "sh",
+    "shell": "sh",
+    "python": "python",
+    "py": "python",
+    "sql": "sql",
+}
 
 #: Directive -> whether it takes a value.
 DIRECTIVES = {
