@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sserelay import cli
+from sserelay.cli.serve import serve_settings
 from sserelay.config import Settings
 from sserelay.errors import ConfigError
 
@@ -26,7 +27,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def settings_of(*argv: str) -> Settings:
-    return cli.serve_settings(cli.build_parser().parse_args(["serve", *argv]))
+    return serve_settings(cli.build_parser().parse_args(["serve", *argv]))
 
 
 def test_security_and_limit_flags(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:

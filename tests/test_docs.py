@@ -114,7 +114,7 @@ class Runner:
 
 @pytest.fixture(scope="session")
 def docs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
-    from sserelay.embedded import start_embedded
+    from sserelay.bus.postgres.embedded import start_embedded
 
     base = tmp_path_factory.mktemp("docs")
     home = base / "home"

@@ -34,9 +34,9 @@ from sserelay import (
     encode_payload,
     publish,
 )
-from sserelay.events import event_from_notification
-from sserelay.publish import MAX_PAYLOAD_BYTES
+from sserelay.bus.publish import MAX_PAYLOAD_BYTES
 from sserelay.testing import temporary_database
+from sserelay.wire.envelope import event_from_notification
 
 pytestmark = pytest.mark.integration
 

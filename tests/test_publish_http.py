@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from fronts import FRONTS, Front, serving
-from sserelay.auth import mint_token
+from sserelay.access.tokens import mint_token
 from sserelay.testing import RawResponse, SseClient, raw_request
 
 SECRET = "p" * 40

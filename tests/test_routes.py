@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sserelay.routes import MAX_QUERY_FIELDS, Endpoint, HttpError, Route, StreamRoute, route
+from sserelay.errors import HttpError
+from sserelay.http.routes import MAX_QUERY_FIELDS, Endpoint, Route, StreamRoute, route
 
 
 def get(path: str, query: str = "", *, max_channels: int = 32) -> Route:

@@ -132,8 +132,10 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Venv:
         (["migrate"], "embedded"),
         (["serve", "--redis", "redis://127.0.0.1:1/0"], "redis"),
         (["publish", "--redis", "redis://127.0.0.1:1/0", "lobby", "hi"], "redis"),
+        (["listen", "--redis", "redis://127.0.0.1:1/0", "lobby"], "redis"),
+        (["prune", "--redis", "redis://127.0.0.1:1/0", "--max-count", "5"], "redis"),
     ],
-    ids=["demo", "serve", "migrate", "serve-redis", "publish-redis"],
+    ids=["demo", "serve", "migrate", "serve-redis", "publish-redis", "listen-redis", "prune-redis"],
 )
 def test_a_missing_extra_is_named(venv: Venv, args: list[str], extra: str) -> None:
     done = venv.sserelay(*args)

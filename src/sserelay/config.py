@@ -62,6 +62,9 @@ class Settings:
     reconnect_max: float = 10.0
     #: Seconds to wait for streams to close on shutdown.
     shutdown_timeout: float = 3.0
+    #: Seconds a stream that is catching up from the log may take to accept what it was
+    #: sent; past it, it is dropped as slow.
+    drain_timeout: float = 10.0
     #: Durable channels: prune events older than this many seconds (None: keep).
     retention_age: float | None = None
     #: Durable channels: keep at most this many events per channel (None: keep all).
@@ -112,6 +115,7 @@ class Settings:
             "reconnect_min",
             "reconnect_max",
             "shutdown_timeout",
+            "drain_timeout",
         ):
             value = getattr(self, name)
             if not 0 < value < math.inf:
@@ -208,16 +212,16 @@ def _check_auth(settings: Settings) -> None:
     configured = settings.jwt_secret is not None or settings.jwt_public_key is not None
     if not configured and not settings.public_channels:
         return
-    from . import auth  # only when needed: it imports pyjwt and cryptography
+    from .access import keys, patterns  # only when needed: they import pyjwt and cryptography
 
     if settings.jwt_secret is not None:
-        auth.check_secret(settings.jwt_secret)
+        keys.check_secret(settings.jwt_secret)
     if settings.jwt_public_key is not None:
-        pem = auth.read_key_file(settings.jwt_public_key, "jwt_public_key")
-        auth.load_public_key(pem, f"jwt_public_key {str(settings.jwt_public_key)!r}")
+        pem = keys.read_key_file(settings.jwt_public_key, "jwt_public_key")
+        keys.load_public_key(pem, f"jwt_public_key {str(settings.jwt_public_key)!r}")
     for pattern in settings.public_channels:
         try:
-            auth.validate_pattern(pattern)
+            patterns.validate_pattern(pattern)
         except InvalidChannel as exc:
             raise ConfigError(f"public_channels: {exc}") from None
 
@@ -308,6 +312,7 @@ _ENV: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "SSERELAY_HEADER_TIMEOUT": ("header_timeout", _float),
     "SSERELAY_PROBE_INTERVAL": ("probe_interval", _float),
     "SSERELAY_SHUTDOWN_TIMEOUT": ("shutdown_timeout", _float),
+    "SSERELAY_DRAIN_TIMEOUT": ("drain_timeout", _float),
     "SSERELAY_PUBLISH_RATE": ("publish_rate", _float),
     "SSERELAY_PORT": ("port", _int),
     "SSERELAY_WORKERS": ("workers", _int),

@@ -16,9 +16,11 @@ from urllib.parse import quote, urlencode
 from django.core.exceptions import PermissionDenied
 from django.urls import reverse
 
-from ...auth import load_private_key, matches_any, mint_token, read_key_file
-from ...channels import validate_channel
+from ...access.keys import load_private_key, read_key_file
+from ...access.patterns import matches_any
+from ...access.tokens import mint_token
 from ...errors import ConfigError
+from ...wire.channels import validate_channel
 from . import conf
 
 __all__ = ["check_can_subscribe", "stream_url", "token_for"]

@@ -1,3 +1,5 @@
+"""The chat's pages: pick a name and a room; a room (its messages, a form, the stream)."""
+
 import re
 
 from django.core.signing import BadSignature
