@@ -544,6 +544,8 @@ async def test_lifespan_shutdown_ends_streams_with_a_jittered_retry(dsn: str) ->
             late = await get(served.port, "/events/late")
             assert (late.status, late.headers.get("retry-after")) == (503, "1"), late.raw
             assert late.json() == {"error": "relay is shutting down"}
+            script = await get(served.port, "/sserelay.js")  # static: served while closing
+            assert script.status == 200, script.raw[:300]
         finally:
             for client in clients:
                 await client.close()

@@ -43,6 +43,10 @@ def test_security_and_limit_flags(clean_env: pytest.MonkeyPatch, tmp_path: Path)
         "--max-publish-bytes", "2048",
         "--publish-rate", "2.5",
         "--publish-burst", "7",
+        "--max-distinct-channels", "300",
+        "--max-channels-per-client", "20",
+        "--forwarded-allow-ips", "10.0.0.1, 10.0.0.2",
+        "--drain-timeout", "2.5",
     )  # fmt: skip
     expected = {
         "jwt_secret": SECRET,
@@ -55,6 +59,10 @@ def test_security_and_limit_flags(clean_env: pytest.MonkeyPatch, tmp_path: Path)
         "max_publish_bytes": 2048,
         "publish_rate": 2.5,
         "publish_burst": 7,
+        "max_distinct_channels": 300,
+        "max_channels_per_client": 20,
+        "forwarded_allow_ips": ("10.0.0.1", "10.0.0.2"),
+        "drain_timeout": 2.5,
     }
     assert {name: getattr(settings, name) for name in expected} == expected
 

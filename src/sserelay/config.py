@@ -91,6 +91,16 @@ class Settings:
     #: Streams one token subject (``sub``) may hold at most; past it new streams get 429.
     #: 0: no limit.
     max_streams_per_subject: int = 64
+    #: Distinct channels the streams of one process may hold; past it a stream that would
+    #: add one gets 503 (each channel costs a LISTEN and, on durable channels, log reads).
+    #: 0: no limit.
+    max_distinct_channels: int = 10_000
+    #: Distinct channels the streams of one token subject (else of one client address)
+    #: may hold; past it a stream that would add one gets 429. 0: no limit.
+    max_channels_per_client: int = 1_000
+    #: Peers whose ``X-Forwarded-For`` is believed (a reverse proxy): the client address
+    #: (per-client limits, logs) is then the one the proxy saw. ``*``: every peer.
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
     #: Seconds a stream may stay open (each stream 0-10% less); None = no limit.
     max_stream_lifetime: float | None = None
     #: ``POST /publish``: largest request body, bytes.
@@ -139,7 +149,12 @@ class Settings:
             raise ConfigError(f"retention_count must be at least 1, not {self.retention_count}")
         if not self.prune_interval > 0:
             raise ConfigError(f"prune_interval must be positive, not {self.prune_interval}")
-        for name in ("max_streams_per_client", "max_streams_per_subject"):
+        for name in (
+            "max_streams_per_client",
+            "max_streams_per_subject",
+            "max_distinct_channels",
+            "max_channels_per_client",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 (no limit) or more, not {getattr(self, name)}")
         if self.max_stream_lifetime is not None and not 0 < self.max_stream_lifetime < math.inf:
@@ -327,6 +342,12 @@ _ENV: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "SSERELAY_MAX_STREAMS": ("max_streams", _int),
     "SSERELAY_MAX_STREAMS_PER_CLIENT": ("max_streams_per_client", _int),
     "SSERELAY_MAX_STREAMS_PER_SUBJECT": ("max_streams_per_subject", _int),
+    "SSERELAY_MAX_DISTINCT_CHANNELS": ("max_distinct_channels", _int),
+    "SSERELAY_MAX_CHANNELS_PER_CLIENT": ("max_channels_per_client", _int),
+    "SSERELAY_FORWARDED_ALLOW_IPS": (
+        "forwarded_allow_ips",
+        lambda var, raw: tuple(p.strip() for p in raw.replace(",", " ").split() if p.strip()),
+    ),
 }
 
 

@@ -10,9 +10,10 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from browser import Page, chromium
+from chromium_page import Page
 from django_helpers import CHAT
 
+from browser import chromium
 from sserelay.testing import temporary_database
 
 

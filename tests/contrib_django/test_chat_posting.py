@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from browser import Page
+from chromium_page import Page
 from django_helpers import Server, chat_env, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(300)]

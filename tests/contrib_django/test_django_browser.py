@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from browser import Page
+from chromium_page import Page
 from django_helpers import SECRET, Server, asgi_server, chat_env, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(300)]

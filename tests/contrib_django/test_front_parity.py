@@ -3,7 +3,8 @@ requests with the same status, the same headers (CORS included) and the same bod
 
 Each refusal of the bad-input suites that a stream path can meet is sent, byte for byte,
 to all three fronts, configured alike; their answers must agree. (The Django view serves
-``/events/...`` only: other paths are Django's own business.)
+``/events/...`` only: other paths are Django's own business.) The browser client's files
+(``/sserelay.js``, served by the same URLconf) get the same answers too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fronts import uvicorn_serving
 from sserelay import mint_token
 from sserelay.asgi import create_app
 from sserelay.config import Settings
+from sserelay.http import assets
 from sserelay.testing import RawResponse, SseClient, raw_request, running_relay, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -71,6 +73,7 @@ REFUSALS = [
     ("a malformed token", get("/events/room-1", "Authorization: Bearer nonsense")),
     ("a token in the query, expired", get("/events/room-1?token=" + "x.y.z")),
     ("a preflight", get("/events/open-a", "Access-Control-Request-Method: GET", method="OPTIONS")),
+    ("an oversized head", get("/events/open-a", "X-Big: " + "a" * 9000)),
     ("an unknown origin", get("/events/room-1").replace(ORIGIN.encode(), b"https://evil.example")),
 ]
 
@@ -144,3 +147,55 @@ async def test_every_refusal_is_the_same_on_every_front(django_dsn: str) -> None
         finally:
             for holder in holders:
                 await holder.close()
+
+
+#: The headers of the client's files that must agree (besides status and body); not
+#: X-Content-Type-Options, which Django's SecurityMiddleware adds to every answer.
+ASSET_HEADERS = (
+    "content-type",
+    "cache-control",
+    "etag",
+    "content-encoding",
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "allow",
+)
+
+
+def varies(response: RawResponse) -> str:
+    """Every ``Vary`` line's names, in order (the headers dict keeps only the last line)."""
+    head = response.raw.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    lines = [line.split(":", 1) for line in head.split("\r\n")[1:]]
+    return ", ".join(v.strip() for k, v in lines if k.strip().lower() == "vary")
+
+
+async def test_the_client_script_is_the_same_on_every_front(django_dsn: str) -> None:
+    module = assets.load("sserelay.js")
+    assert module is not None
+    requests = [
+        ("plain", 200, get("/sserelay.js")),
+        ("gzip", 200, get("/sserelay.js", "Accept-Encoding: gzip, br")),
+        ("versioned classic", 200, get(assets.url("sserelay.classic.js"))),
+        ("stale version", 200, get("/sserelay.js?v=0123456789abcdef")),
+        ("revalidated", 304, get("/sserelay.js", f"If-None-Match: {module.etag(False)}")),
+        (
+            "another origin",
+            200,
+            get("/sserelay.js").replace(ORIGIN.encode(), b"https://evil.example"),
+        ),
+        ("POST", 405, get("/sserelay.js", "Content-Length: 0", method="POST")),
+    ]
+    async with three_fronts(django_dsn) as ports:
+        for name, status, request in requests:
+            answers = {}
+            for front, port in ports.items():
+                response = await raw_request(HOST, port, request)
+                headers = {k: response.headers[k] for k in ASSET_HEADERS if k in response.headers}
+                headers["vary"] = varies(response)
+                answers[front] = (response.status, headers, response.body)
+                # Django's CommonMiddleware gives every 304 (its own too) "Content-Length: 0".
+                if response.status == 304 and front != "django":
+                    assert "content-length" not in response.headers, (name, front)
+            assert answers["native"][0] == status, (name, answers["native"])
+            assert answers["asgi"] == answers["native"], (name, answers)
+            assert answers["django"] == answers["native"], (name, answers)

@@ -21,9 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser import Page, chromium
 from cdn import Unpkg
+from chromium_page import Page
 from django_helpers import CHAT, SECRET, Server, chat_env, free_port
+
+from browser import chromium
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(300)]
 

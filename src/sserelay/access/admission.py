@@ -1,12 +1,11 @@
-"""Who may open a stream, and how many: the decisions both HTTP fronts share.
+"""Who may open a stream, and how many: the check every front runs before a stream starts.
 
-The native server and the ASGI app each hand :meth:`StreamAccess.admit` the request's
+:func:`sserelay.http.front.dispatch` hands :meth:`StreamAccess.admit` a request's
 channels, headers (lower-case names), query and client address. It answers with a
-:class:`Lease` (the stream's place in the limits and the time it must end by), which
-the front passes to :meth:`Hub.subscribe <sserelay.hub.Hub.subscribe>`; the hub
-releases it when it forgets the stream and ends the stream at its deadline. Or it
-raises :class:`~sserelay.routes.HttpError`: 401/403 (the token), 503 (the process is
-full), 429 (this client or this subject holds too many streams).
+:class:`~sserelay.access.limits.Lease` (the stream's place in the limits and the time it
+must end by), which the hub releases when it forgets the stream (ending the stream at its
+deadline). Or it raises :class:`~sserelay.errors.HttpError`: 401/403 (the token), 503
+(the process is full), 429 (this client or this subject holds too many streams).
 
 Every check is O(1) in the number of open streams (plus the channels of the request).
 """
@@ -42,7 +41,11 @@ class StreamAccess:
         self.settings = settings
         self.policy = policy if policy is not None else policy_from_settings(settings)
         self.limits = StreamLimits(
-            settings.max_streams, settings.max_streams_per_client, settings.max_streams_per_subject
+            settings.max_streams,
+            settings.max_streams_per_client,
+            settings.max_streams_per_subject,
+            max_channels=settings.max_distinct_channels,
+            channels_per_owner=settings.max_channels_per_client,
         )
 
     def admit(
@@ -68,9 +71,13 @@ class StreamAccess:
                 challenge = 'Bearer error="insufficient_scope"'
             raise HttpError(exc.status, exc.reason, (("WWW-Authenticate", challenge),)) from None
         subject = access.subject if access is not None else None
+        if access is not None and subject is None and client is not None:
+            # A token without ``sub`` must not escape the per-subject limit: its bearer is
+            # counted by address (as the publish rate does).
+            subject = f"address {client}"
         deadline = self._deadline(access.expires_at if access is not None else None)
         try:
-            lease = self.limits.acquire(client, subject, deadline)
+            lease = self.limits.acquire(client, subject, deadline, channels)
         except HttpError as exc:
             self._refused(exc.status, exc.reason, subject, client)
             raise

@@ -16,9 +16,9 @@ def retry_after() -> tuple[tuple[str, str], ...]:
 
 
 class Lease:
-    """One admitted stream's place in the limits (a :class:`~sserelay.hub.Lease`)."""
+    """One admitted stream's place in the limits (a :class:`~sserelay.core.protocols.Lease`)."""
 
-    __slots__ = ("client", "deadline", "limits", "released", "subject")
+    __slots__ = ("channels", "client", "deadline", "limits", "owner", "released", "subject")
 
     def __init__(
         self,
@@ -26,12 +26,16 @@ class Lease:
         client: str | None,
         subject: str | None,
         deadline: float | None,
+        channels: tuple[str, ...] = (),
+        owner: str | None = None,
     ) -> None:
         self.limits = limits
         self.client = client
         self.subject = subject
         #: Monotonic time the stream must end by (token expiry, maximum lifetime), or None.
         self.deadline = deadline
+        self.channels = channels
+        self.owner = owner
         self.released = False
 
     def release(self) -> None:
@@ -52,19 +56,43 @@ def _decrement(counts: dict[str, int], key: str | None) -> None:
 
 
 class StreamLimits:
-    """Counts of open streams: in all, per client address, per token subject."""
+    """Counts of open streams (in all, per client address, per token subject) and of the
+    distinct channels they hold (in all, and per owner: the token's subject, else the
+    client's address). A stream is refused with 503 when the process is full (streams or
+    channels), with 429 when its client or subject holds too many."""
 
-    def __init__(self, max_streams: int, per_client: int, per_subject: int) -> None:
+    def __init__(
+        self,
+        max_streams: int,
+        per_client: int,
+        per_subject: int,
+        *,
+        max_channels: int = 0,
+        channels_per_owner: int = 0,
+    ) -> None:
         self.max_streams = max_streams
         self.per_client = per_client
         self.per_subject = per_subject
+        self.max_channels = max_channels
+        self.channels_per_owner = channels_per_owner
         self.total = 0
         self.clients: dict[str, int] = {}
         self.subjects: dict[str, int] = {}
+        #: Channel -> admitted streams on it (its length: the distinct channels held).
+        self.channels: dict[str, int] = {}
+        #: Owner -> channel -> its streams on it.
+        self.owners: dict[str, dict[str, int]] = {}
 
-    def acquire(self, client: str | None, subject: str | None, deadline: float | None) -> Lease:
-        """A lease for one more stream, or HttpError 503 (process full) / 429 (too many
-        for this client or subject), with a jittered ``Retry-After``."""
+    def acquire(
+        self,
+        client: str | None,
+        subject: str | None,
+        deadline: float | None,
+        channels: tuple[str, ...] = (),
+    ) -> Lease:
+        """A lease for one more stream on ``channels``, or HttpError 503 (the process is
+        full) / 429 (too many for this client or subject), with a jittered ``Retry-After``.
+        Cost: O(channels of the stream)."""
         if self.total >= self.max_streams:
             raise HttpError(
                 503, f"relay is at its limit of {self.max_streams} streams", retry_after()
@@ -89,23 +117,64 @@ class StreamLimits:
                 f"too many streams for this token subject (at most {self.per_subject})",
                 retry_after(),
             )
+        owner = subject if subject is not None else client
+        self._check_channels(channels, owner)
         self.total += 1
         if self.per_client and client is not None:
             self.clients[client] = self.clients.get(client, 0) + 1
         if self.per_subject and subject is not None:
             self.subjects[subject] = self.subjects.get(subject, 0) + 1
+        for channel in channels:
+            self.channels[channel] = self.channels.get(channel, 0) + 1
+        if owner is not None and self.channels_per_owner:
+            held = self.owners.setdefault(owner, {})
+            for channel in channels:
+                held[channel] = held.get(channel, 0) + 1
+        else:
+            owner = None
         # The lease names only what was counted, so that release uncounts exactly that.
         return Lease(
             self,
             client if self.per_client else None,
             subject if self.per_subject else None,
             deadline,
+            channels,
+            owner,
         )
+
+    def _check_channels(self, channels: tuple[str, ...], owner: str | None) -> None:
+        if self.max_channels:
+            new = sum(1 for c in channels if c not in self.channels)
+            if new and len(self.channels) + new > self.max_channels:
+                raise HttpError(
+                    503,
+                    f"relay is at its limit of {self.max_channels} distinct channels",
+                    retry_after(),
+                )
+        if self.channels_per_owner and owner is not None:
+            held = self.owners.get(owner, {})
+            new = sum(1 for c in channels if c not in held)
+            if new and len(held) + new > self.channels_per_owner:
+                raise HttpError(
+                    429,
+                    f"too many distinct channels for this client or token subject "
+                    f"(at most {self.channels_per_owner})",
+                    retry_after(),
+                )
 
     def release(self, lease: Lease) -> None:
         self.total -= 1
         _decrement(self.clients, lease.client)
         _decrement(self.subjects, lease.subject)
+        for channel in lease.channels:
+            _decrement(self.channels, channel)
+        if lease.owner is not None:
+            held = self.owners.get(lease.owner)
+            if held is not None:
+                for channel in lease.channels:
+                    _decrement(held, channel)
+                if not held:
+                    del self.owners[lease.owner]
 
 
 #: Rate-limit buckets kept at most; full (idle) ones are forgotten first.

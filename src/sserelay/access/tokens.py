@@ -1,4 +1,4 @@
-"""Who may read and publish which channels: signed tokens (JWT) and the channel policy.
+"""Signed tokens (JWT): what a token grants (:class:`Access`), verifying and minting.
 
 A token is a JWT signed with HS256 (a shared secret) or RS256/ES256 (the relay holds
 only the public key). Its claims::
@@ -18,9 +18,9 @@ Without a key configured the relay is open. With one, channels matching a public
 need no token and every other channel needs a token whose ``subscribe`` patterns cover it;
 publishing always needs a token whose ``publish`` patterns cover the channel.
 
-This module is pure logic: the HTTP adapters take the token with :func:`token_from` and ask
-a :class:`ChannelPolicy`; an :class:`~sserelay.errors.AuthError` carries the status and
-the one-line reason to answer with.
+This module is pure logic: the policy (:mod:`sserelay.access.policy`) asks a
+:class:`TokenVerifier`; an :class:`~sserelay.errors.AuthError` carries the status and the
+one-line reason to answer with.
 """
 
 from __future__ import annotations

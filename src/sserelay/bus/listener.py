@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar, Generic, TypeVar
 
 from .. import jitter
-from ..core.protocols import BusSink
+from ..core.protocols import BusSink, Notified
 
 #: The connection type of a subclass.
 C = TypeVar("C")
@@ -228,6 +228,10 @@ class Listener(ABC, Generic[C]):
                     yield now_add, now_drop
 
     @abstractmethod
+    def _parse(self, payload: str) -> Notified | None:
+        """A notification of the bus's log, parsed (None if it is not one)."""
+
+    @abstractmethod
     async def _step(self, conn: C) -> None:
         """Take what the bus sent; subscribe what is wanted, unsubscribe what is not."""
 
@@ -265,11 +269,15 @@ class Listener(ABC, Generic[C]):
     # -- what the bus sends ----------------------------------------------------------
 
     def _hand_over(self, channel: str, payload: str, durable: bool) -> None:
-        """Give the sink a message received on ``channel`` (or its durable twin)."""
+        """Give the sink a message received on ``channel`` (a notification of its log, parsed
+        here, if it came on the channel's durable name)."""
         self.notifications += 1
         if channel in self._wanted:
             try:
-                self._sink.on_message(channel, payload, durable)
+                if durable:
+                    self._sink.on_durable(channel, self._parse(payload))
+                else:
+                    self._sink.on_message(channel, payload)
             except Exception:
                 # One bad message must not take the listener (and every stream) down.
                 self.failures += 1

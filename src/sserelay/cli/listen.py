@@ -6,15 +6,16 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import json
 import signal
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..config import Settings
+from ..core.protocols import Notified
 from ..wire.channels import validate_channel
 from ..wire.envelope import event_from_notification
+from ..wire.ids import IdSpelling, IntegerIds, StreamEntryIds
 from .common import add_bus_options, bus_settings, require_redis, resolve_dsn, run_async
 
 DESCRIPTION = """\
@@ -38,37 +39,31 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=run)
 
 
-def format_event(channel: str, payload: str, durable: bool = False) -> str:
-    """One human-readable block per event (a durable one shows its id in the log)."""
-    ev = event_from_notification(channel, payload)
-    event, id_, data = ev.event, ev.id, ev.data
-    if durable:
-        event, id_, data = _durable(payload)
+def format_event(channel: str, data: str, event: str | None, id_: str | None) -> str:
+    """One human-readable block per event."""
     stamp = datetime.datetime.now().strftime("%H:%M:%S.%f")[:-3]
     meta = "".join(f"  {k}={v}" for k, v in (("event", event), ("id", id_)) if v)
     return f"[{stamp}] {channel}{meta}\n{data}\n"
 
 
-def _durable(payload: str) -> tuple[str | None, str | None, str]:
-    """(event, id, data) of a durable notification."""
-    try:
-        obj = json.loads(payload)
-    except ValueError:
-        return None, None, payload
-    if not isinstance(obj, dict):
-        return None, None, payload
-    event = obj.get("event") if isinstance(obj.get("event"), str) else None
-    data = obj.get("data")
-    if not isinstance(data, str):
-        data = "(too large to notify: in the event log)"
-    return event, str(obj.get("seq")), data
-
-
 class _Printer:
     """Prints what the bus delivers (a :class:`~sserelay.core.protocols.BusSink`)."""
 
-    def on_message(self, channel: str, payload: str, durable: bool) -> None:
-        print(format_event(channel, payload, durable), flush=True)
+    def __init__(self, spelling: IdSpelling) -> None:
+        self.spelling = spelling
+
+    def on_message(self, channel: str, payload: str) -> None:
+        ev = event_from_notification(channel, payload)
+        print(format_event(channel, ev.data, ev.event, ev.id), flush=True)
+
+    def on_durable(self, channel: str, notified: Notified | None) -> None:
+        if notified is None:
+            return
+        data = notified.data
+        if data is None:
+            data = "(too large to notify: read it from the event log)"
+        id_ = self.spelling.format_id(notified.seq)
+        print(format_event(channel, data, notified.event, id_), flush=True)
 
     def on_listening(self, channels: Iterable[str]) -> None:
         for channel in channels:
@@ -83,13 +78,17 @@ async def listen(bus: Settings, channels: Sequence[str]) -> int:
 
         assert bus.redis_url is not None
         listener = RedisListener(
-            bus.redis_url, _Printer(), prefix=bus.redis_prefix, client_name="sserelay-cli"
+            bus.redis_url,
+            _Printer(StreamEntryIds()),
+            prefix=bus.redis_prefix,
+            client_name="sserelay-cli",
         )
     else:
         from ..bus.postgres.listener import PostgresListener
 
         assert bus.dsn is not None
-        listener = PostgresListener(bus.dsn, _Printer(), application_name="sserelay-cli")
+        printer = _Printer(IntegerIds())
+        listener = PostgresListener(bus.dsn, printer, application_name="sserelay-cli")
     for channel in channels:
         listener.listen(channel)
     task = asyncio.create_task(listener.run())

@@ -33,6 +33,8 @@ SSERELAY_MAX_CHANNELS, SSERELAY_MAX_HEADER_BYTES, SSERELAY_RETENTION_AGE,
 SSERELAY_RETENTION_COUNT, SSERELAY_MAX_REPLAY, SSERELAY_JWT_SECRET,
 SSERELAY_JWT_PUBLIC_KEY, SSERELAY_PUBLIC_CHANNELS, SSERELAY_TOKEN_COOKIE,
 SSERELAY_MAX_STREAMS, SSERELAY_MAX_STREAMS_PER_CLIENT, SSERELAY_MAX_STREAMS_PER_SUBJECT,
+SSERELAY_MAX_DISTINCT_CHANNELS, SSERELAY_MAX_CHANNELS_PER_CLIENT,
+SSERELAY_FORWARDED_ALLOW_IPS, SSERELAY_DRAIN_TIMEOUT,
 SSERELAY_MAX_STREAM_LIFETIME, SSERELAY_MAX_PUBLISH_BYTES, SSERELAY_PUBLISH_RATE,
 SSERELAY_PUBLISH_BURST. Every setting is described in the README's "Settings" section.
 """
@@ -96,6 +98,27 @@ def _add_security_options(p: argparse.ArgumentParser) -> None:
         help="streams per token subject (default 64; 0: no limit)",
     )
     p.add_argument(
+        "--max-distinct-channels",
+        type=int,
+        help="distinct channels per process (default 10000; 0: no limit)",
+    )
+    p.add_argument(
+        "--max-channels-per-client",
+        type=int,
+        help="distinct channels per token subject, else client address (default 1000; 0: none)",
+    )
+    p.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="proxies whose X-Forwarded-For names the client: comma-separated, or *"
+        " (default 127.0.0.1,::1)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        help="seconds a catching-up stream may take to accept what it was sent (default 10)",
+    )
+    p.add_argument(
         "--max-stream-lifetime",
         type=seconds,
         help="end each stream after this long (90s, 15m, 12h; -0-10%% jitter); default: never",
@@ -133,6 +156,10 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         max_streams=args.max_streams,
         max_streams_per_client=args.max_streams_per_client,
         max_streams_per_subject=args.max_streams_per_subject,
+        max_distinct_channels=args.max_distinct_channels,
+        max_channels_per_client=args.max_channels_per_client,
+        forwarded_allow_ips=_ips(args.forwarded_allow_ips),
+        drain_timeout=args.drain_timeout,
         max_stream_lifetime=args.max_stream_lifetime,
         max_publish_bytes=args.max_publish_bytes,
         publish_rate=args.publish_rate,
@@ -140,6 +167,12 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         redis_url=args.redis,
         broker=broker_flag(args),
     )
+
+
+def _ips(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(p.strip() for p in text.replace(",", " ").split() if p.strip())
 
 
 def run(args: argparse.Namespace) -> int:

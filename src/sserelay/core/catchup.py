@@ -32,8 +32,9 @@ from dataclasses import dataclass
 
 from ..wire.envelope import Event
 from ..wire.ids import IdSpelling, parse_last_event_id
-from .delivery import Delivery, Gone
+from .delivery import Delivery
 from .protocols import EventLog, Lease, Subscriber
+from .reads import Gone
 
 log = logging.getLogger("sserelay.catchup")
 
@@ -116,6 +117,8 @@ async def _catch_up(delivery: Delivery, sub: Subscriber, request: CatchUp) -> No
         if state is None or not here():
             raise Gone
         await state.known.wait()
+        if delivery.states.get(channel) is not state or not here():
+            raise Gone
     if not delivery.enabled:
         delivery.join(sub, {}, lambda event: event)
         return

@@ -31,55 +31,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import TypeVar
 
-from .. import jitter
-from ..errors import BrokerUnavailable
 from ..wire.envelope import Event, event_from_notification
+from .channel import ChannelState, Seam, missed_event, row_event
 from .hub import Hub
 from .protocols import EventLog, Lease, Listener, LogRow, Notified, Subscriber
-from .supervisor import Expected, Supervisor
+from .reads import Gone, retry
+from .supervisor import Supervisor
 
 log = logging.getLogger("sserelay.delivery")
 
 T = TypeVar("T")
-
-#: The event a client gets when events it asked for are gone (retention) or too many.
-MISSED_EVENT = "missed"
-
-
-class Gone(Expected):
-    """The channel or stream a task worked for has no subscribers any more."""
-
-
-@dataclass
-class ChannelState:
-    """What the relay knows of one channel with subscribers."""
-
-    #: Position of the last event delivered live; None until the log's head was read.
-    position: int | None = None
-    #: Durable notifications waiting behind a head read or a fill.
-    queue: list[Notified] = field(default_factory=list)
-    filling: bool = False
-    #: A fill was asked for while one ran (the subscription took effect again): it must
-    #: read once more before it ends.
-    again: bool = False
-    #: Set once the position is known.
-    known: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Catch-ups waiting for the position to reach theirs: (position, future).
-    waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
-
-
-@dataclass
-class Seam:
-    """A catching-up stream's live events, kept until it joins the fan-out."""
-
-    events: list[Event] = field(default_factory=list)
-    size: int = 0
 
 
 class Delivery:
@@ -149,6 +114,7 @@ class Delivery:
     def last_member(self, channel: str) -> None:
         state = self.states.pop(channel, None)
         if state is not None:
+            state.known.set()  # wake the catch-ups waiting for it: they find it gone
             for _, waiter in state.waiters:
                 waiter.cancel()
         if self.listener is not None:
@@ -178,19 +144,19 @@ class Delivery:
 
     # -- the bus's side (core.protocols.BusSink) --------------------------------------
 
-    def on_message(self, channel: str, payload: str, durable: bool) -> None:
+    def on_message(self, channel: str, payload: str) -> None:
         self.events_received += 1
-        if channel not in self.states:
-            return  # nobody listens any more
-        if not durable:
+        if channel in self.states:  # else nobody listens any more
             self.emit(event_from_notification(channel, payload))
-            return
-        assert self.log is not None
-        notified = self.log.notified(payload)
+
+    def on_durable(self, channel: str, notified: Notified | None) -> None:
+        self.events_received += 1
+        state = self.states.get(channel)
+        if state is None:
+            return  # nobody listens any more
         if notified is None:
             self._refuse(channel, "a durable notification that cannot be read")
             return
-        state = self.states[channel]
         if state.position is None or state.filling:
             state.queue.append(notified)
         elif not self._advance(channel, state, notified):
@@ -254,27 +220,11 @@ class Delivery:
 
     def row_event(self, channel: str, row: LogRow) -> Event:
         assert self.log is not None
-        return Event(channel, row.data, event=row.event, id=self.log.format_id(row.id), seq=row.id)
+        return row_event(self.log, channel, row)
 
     def missed_event(self, channel: str, after: int, resumed_at: int, reason: str) -> Event:
-        """The ``missed`` event: positions as the log spells ids (numbers on PostgreSQL,
-        entry id strings on Redis)."""
         assert self.log is not None
-        spell = self.log.format_id
-
-        def spelled(position: int) -> int | str:
-            text = spell(position)
-            return int(text) if text.isdigit() else text
-
-        data = json.dumps(
-            {
-                "channel": channel,
-                "after": spelled(after),
-                "resumed_at": spelled(resumed_at),
-                "reason": reason,
-            }
-        )
-        return Event(channel, data, event=MISSED_EVENT)
+        return missed_event(self.log, channel, after, resumed_at, reason)
 
     # -- positions and fills ---------------------------------------------------------
 
@@ -404,23 +354,8 @@ class Delivery:
         log.warning("%r: dropped %s", channel, what)
 
     async def retry(self, call: Callable[[], Awaitable[T]], still: Callable[[], bool]) -> T:
-        """Keep trying a read while ``still()`` (the channel or stream it is for is there),
-        with jittered backoff; raises :class:`Gone` once it is not."""
-        delay = 0.1
-        while True:
-            if not still():
-                raise Gone
-            try:
-                return await call()
-            except Exception as exc:
-                if not still():
-                    raise Gone from exc
-                if isinstance(exc, BrokerUnavailable):  # the bus is down or restarting
-                    log.warning("reading the log failed (%s); retrying", exc)
-                else:  # not the bus: a bug or a surprise; say so loudly, and retry all the same
-                    self.tasks.failed("log-read", exc)
-                await asyncio.sleep(delay * jitter.uniform(0.5, 1.0))
-                delay = min(delay * 2, 5.0)
+        """Keep trying a read of the log while ``still()`` (see :func:`.reads.retry`)."""
+        return await retry(call, still, self.tasks.failed)
 
     # -- the seam ----------------------------------------------------------------------
 

@@ -69,9 +69,12 @@ class Lease(Protocol):
 class BusSink(Protocol):
     """What a listener hands messages to (the core's :class:`~sserelay.core.delivery.Delivery`)."""
 
-    def on_message(self, channel: str, payload: str, durable: bool) -> None:
-        """A message on ``channel``, in the order the bus delivered them. ``durable``: it
-        came on the channel's durable notification channel (a log's, never user text)."""
+    def on_message(self, channel: str, payload: str) -> None:
+        """A plain message on ``channel``, in the order the bus delivered them."""
+
+    def on_durable(self, channel: str, notified: Notified | None) -> None:
+        """A notification of ``channel``'s log (it came on the channel's durable name, where
+        user text never goes), parsed by the bus; None if it could not be read."""
 
     def on_listening(self, channels: Iterable[str]) -> None:
         """``channels`` just became live on the bus (first time, or after a reconnect)."""
@@ -179,9 +182,6 @@ class EventLog(IdSpelling, Protocol):
 
     def previous(self, row: LogRow) -> int:
         """The position right before ``row`` (PostgreSQL: ``id - 1``)."""
-
-    def notified(self, payload: str) -> Notified | None:
-        """A durable notification's payload parsed, or None if it is not one."""
 
 
 #: Publish one message: durable (True), raw (False) or as the bus decides (None);

@@ -1,12 +1,50 @@
-"""Identical reads in flight are run once: a reconnect wave costs one read per batch."""
+"""Reading a log: identical reads in flight run once (a reconnect wave costs one read per
+batch), and a read that fails is retried while someone still needs it."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from .. import jitter
+from ..errors import BrokerUnavailable
+from .supervisor import Expected
+
+log = logging.getLogger("sserelay.delivery")
+
 T = TypeVar("T")
+
+
+class Gone(Expected):
+    """The channel or stream a read was for has no subscribers any more."""
+
+
+async def retry(
+    call: Callable[[], Awaitable[T]],
+    still: Callable[[], bool],
+    unexpected: Callable[[str, BaseException], None],
+) -> T:
+    """Keep trying a read while ``still()`` (the channel or stream it is for is there), with
+    jittered backoff; :class:`Gone` once it is not. A bus that is down is expected (a
+    warning); any other error is a surprise, reported to ``unexpected`` (which logs its
+    traceback and counts it), and retried all the same."""
+    delay = 0.1
+    while True:
+        if not still():
+            raise Gone
+        try:
+            return await call()
+        except Exception as exc:
+            if not still():
+                raise Gone from exc
+            if isinstance(exc, BrokerUnavailable):
+                log.warning("reading the log failed (%s); retrying", exc)
+            else:
+                unexpected("log-read", exc)
+            await asyncio.sleep(delay * jitter.uniform(0.5, 1.0))
+            delay = min(delay * 2, 5.0)
 
 
 class SharedReads:

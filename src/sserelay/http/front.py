@@ -7,7 +7,7 @@ refusal (status, one-line JSON reason, ``Retry-After``/``WWW-Authenticate``, COR
 headers so a page can read it). :func:`dispatch` returns one of
 
 - a :class:`Response` to send as it is (an error, ``/healthz``, ``/metrics``, a
-  preflight);
+  preflight, the browser client's files);
 - an :class:`Admission`: a stream that may start (its response headers, channels,
   catch-up request and lease), which the front opens with :func:`start_stream`;
 - :data:`PUBLISH`: a ``POST /publish`` whose body the front reads next (see
@@ -25,9 +25,10 @@ from ..core.catchup import CatchUp, catch_up_request
 from ..core.hub import retry_hint
 from ..core.protocols import Subscriber
 from ..errors import HttpError
-from .request import Request
+from . import assets
+from .request import Request, client_address
 from .responses import SSE_HEADERS, cors_headers, error_body, preflight_headers
-from .routes import Endpoint, StreamRoute, route
+from .routes import AssetRoute, Endpoint, StreamRoute, route
 
 if TYPE_CHECKING:
     from ..relay import Relay
@@ -71,9 +72,14 @@ Outcome = Response | Admission | _Publish
 def refusal(relay: Relay, error: HttpError, origin: str | None) -> Response:
     """The answer to a refused request, the same on every front."""
     relay.count_rejected(error.status)
+    return refused(error, origin, relay.settings.allowed_origins)
+
+
+def refused(error: HttpError, origin: str | None, allowed: tuple[str, ...]) -> Response:
+    """The same answer where no relay is at hand to count it (see :func:`static`)."""
     log.debug("%s %s", error.status, error.reason)
     headers: Headers = [("Content-Type", "application/json"), *error.headers]
-    headers += cors_headers(origin, relay.settings.allowed_origins)
+    headers += cors_headers(origin, allowed)
     return Response(error.status, headers, error_body(error.reason))
 
 
@@ -81,6 +87,8 @@ def dispatch(relay: Relay, request: Request) -> Outcome:
     """What ``request`` gets (see the module docstring)."""
     settings = relay.settings
     origin = request.origin
+    # Behind a trusted proxy, the client is the one it names (per-client limits, logs).
+    request.client = client_address(request.client, request.headers, settings.forwarded_allow_ips)
     if request.method == "OPTIONS":
         return Response(204, preflight_headers(origin, settings.allowed_origins), b"")
     try:
@@ -94,6 +102,8 @@ def dispatch(relay: Relay, request: Request) -> Outcome:
             # Answered while closing too: /healthz then says why not.
             status, ctype, body = relay.endpoint(target.name, request.headers)
             return Response(status, [("Content-Type", ctype), ("Cache-Control", "no-cache")], body)
+        if isinstance(target, AssetRoute):  # static bytes: answered while closing too
+            return _asset(target, request, settings.allowed_origins)
         if relay.closing:
             problem = relay.problem()
             reason = "relay is shutting down"
@@ -105,6 +115,26 @@ def dispatch(relay: Relay, request: Request) -> Outcome:
         return _admit(relay, request, target)
     except HttpError as exc:
         return refusal(relay, exc, origin)
+
+
+def static(request: Request, allowed_origins: tuple[str, ...]) -> Response:
+    """What a request for one of the browser client's files gets where no relay is at hand
+    (the Django URLconf serves them under WSGI too): as :func:`dispatch` answers it, from
+    the same route; any other request is a 404."""
+    try:
+        target = route(request.method, request.path, request.query, max_channels=1)
+        if not isinstance(target, AssetRoute):
+            raise HttpError(404, f"no such file {request.path[:80]!r}")
+    except HttpError as exc:
+        return refused(exc, request.origin, allowed_origins)
+    return _asset(target, request, allowed_origins)
+
+
+def _asset(target: AssetRoute, request: Request, allowed_origins: tuple[str, ...]) -> Response:
+    status, headers, body = assets.respond(
+        target.name, target.query, request.headers, allowed_origins
+    )
+    return Response(status, headers, body)
 
 
 def _admit(relay: Relay, request: Request, target: StreamRoute) -> Admission:

@@ -183,7 +183,7 @@ class HttpConnection(asyncio.Protocol):
         elif outcome is PUBLISH:
             self.done = True  # read no more: the answer comes from the job
             extra = cors_headers(request.origin, self.settings.allowed_origins)
-            self.relay.tasks.spawn(self.publish(request.query, extra), "publish")
+            self.relay.tasks.spawn(self.publish(request, extra), "publish")
 
     def start(self, admission: Admission) -> None:
         self.done = True
@@ -199,9 +199,11 @@ class HttpConnection(asyncio.Protocol):
         self.streaming = True
         start_stream(self.relay, self, admission)
 
-    async def publish(self, query: str, extra: list[tuple[str, str]]) -> None:
+    async def publish(self, request: Request, extra: list[tuple[str, str]]) -> None:
         body = bytes(self.body or b"")
-        reply = await self.relay.publisher.handle(self.headers, query, body, self.client)
+        reply = await self.relay.publisher.handle(
+            request.headers, request.query, body, request.client
+        )
         if reply.status >= 400:
             self.relay.count_rejected(reply.status)
         if not self.transport.is_closing():

@@ -27,8 +27,26 @@ KEPT = frozenset(
         "expect",
         "if-none-match",
         "accept-encoding",
+        "x-forwarded-for",
     }
 )
+
+
+def client_address(
+    peer: str | None, headers: dict[str, str], trusted: tuple[str, ...]
+) -> str | None:
+    """The client's address: the TCP peer's, or, when the peer is a trusted proxy, the
+    address its ``X-Forwarded-For`` names (the rightmost one no trusted proxy added)."""
+    if peer is None or not (peer in trusted or "*" in trusted):
+        return peer
+    forwarded = headers.get("x-forwarded-for")
+    if not forwarded:
+        return peer
+    hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not (hop in trusted or "*" in trusted):
+            return hop[:64]
+    return hops[0][:64] if hops else peer
 
 
 def head_too_large(limit: int) -> HttpError:

@@ -1,4 +1,4 @@
-"""Response heads and bodies shared by the native server and the ASGI app."""
+"""Response heads and bodies every front shares: SSE headers, CORS, error bodies."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Which endpoint a request is for, shared by the native server and the ASGI app.
+"""Which endpoint a request is for, the same on every front.
 
 - ``GET /events/{channel}``: one channel (the rest of the path, percent-decoded).
 - ``GET /events?channel=a&channel=b``: several channels on one stream.
@@ -6,6 +6,8 @@
   whose name is one of our endpoints (``events``, ``healthz``, ``metrics``,
   ``publish``) are reachable under ``/events/`` only.
 - ``GET /healthz``, ``GET /metrics``.
+- ``GET /sserelay.js``, ``GET /sserelay.classic.js``: the browser client
+  (:mod:`~sserelay.http.assets`).
 - ``POST /publish``: publish one event (see :mod:`sserelay.publishing`); every other
   method on ``/publish`` is a 405 with ``Allow: POST``.
 """
@@ -17,6 +19,7 @@ from urllib.parse import parse_qsl, unquote
 
 from ..errors import HttpError, InvalidChannel
 from ..wire.channels import validate_channel
+from .assets import NAMES as ASSET_NAMES
 
 RESERVED_PATHS = frozenset({"events", "healthz", "metrics", "publish"})
 MAX_QUERY_FIELDS = 256
@@ -38,7 +41,13 @@ class Endpoint:
     name: str  # "healthz", "metrics" or "publish"
 
 
-Route = StreamRoute | Endpoint
+@dataclass(frozen=True, slots=True)
+class AssetRoute:
+    name: str  # one of sserelay.http.assets.NAMES
+    query: tuple[tuple[str, str], ...] = ()
+
+
+Route = StreamRoute | Endpoint | AssetRoute
 
 
 def _decode(raw: str, what: str) -> str:
@@ -83,6 +92,8 @@ def route(method: str, path: str, query: str, *, max_channels: int) -> Route:
     params = _query(query)
     if path == "/healthz" or path == "/metrics":
         return Endpoint(path[1:])
+    if path[1:] in ASSET_NAMES:  # "sserelay.*" is no channel name, so no channel is hidden
+        return AssetRoute(path[1:], tuple(params))
     if path == "/events" or path == "/events/":
         names = [value for key, value in params if key == "channel"]
         if not names:

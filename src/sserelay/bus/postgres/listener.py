@@ -9,10 +9,10 @@ which only ``sserelay.publish`` notifies (see ``statements.durable_channel``): s
 
 Between commands it waits for the socket to become readable and reads notifications
 straight from libpq, so a LISTEN never waits behind a ``notifies()`` generator and no
-polling interval adds latency. Notifications are decoded here, as UTF-8 with
-replacement characters: a payload that is not valid in the connection's encoding (a
-``SQL_ASCII`` database takes any bytes) arrives with U+FFFD in it and is counted; it
-never ends the listener.
+polling interval adds latency. Notifications are decoded here, in the database's
+encoding (UTF-8 for ``SQL_ASCII``, which stores any bytes), with replacement characters:
+a payload that is not valid text arrives with U+FFFD in it and is counted; it never ends
+the listener.
 
 Liveness: TCP keepalives, plus a probe every ``probe_interval`` seconds that NOTIFYs the
 listener's own private channel with a timestamp. The probe proves the whole path (send,
@@ -33,8 +33,9 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import PoolTimeout
 
-from ...core.protocols import BusSink
+from ...core.protocols import BusSink, Notified
 from ..listener import Listener, ProbeFailed
+from .log import parse_notification
 from .statements import durable_channel
 
 log = logging.getLogger("sserelay.postgres")
@@ -90,22 +91,23 @@ class PostgresListener(Listener[psycopg.AsyncConnection[Any]]):
         self._names: dict[str, tuple[str, bool]] = {}
         #: Notifications that were not valid text in the connection's encoding.
         self.undecodable = 0
+        self._encoding = "utf-8"
 
     # -- the connection task ---------------------------------------------------------
 
     async def _session(self) -> None:
-        async with asyncio.timeout(self.connect_timeout + 1):  # not wait_for: see _idle
-            conn = await psycopg.AsyncConnection.connect(
-                self.dsn,
-                autocommit=True,
-                application_name=self.application_name,
-                connect_timeout=max(1, int(self.connect_timeout)),
-                # The server converts every payload to UTF-8 (but on SQL_ASCII databases,
-                # which pass bytes through: hence the lenient decoding in _text).
-                client_encoding="UTF8",
-                **KEEPALIVE_PARAMS,
-            )
+        try:
+            conn = await self._connect()
+        except TimeoutError:
+            raise ProbeFailed(
+                f"PostgreSQL did not accept a connection within {self.connect_timeout:g}s"
+            ) from None
         self._conn = conn
+        # The database's own encoding (no conversion, which a SQL_ASCII database could not do
+        # for bytes that are not valid UTF-8: the server would drop the connection). Such a
+        # database stores any bytes, so they are read as UTF-8, leniently (_text).
+        encoding = conn.info.encoding
+        self._encoding = "utf-8" if encoding in ("ascii", "sql_ascii") else encoding
         # psycopg would decode notifications strictly, inside its own code: take them raw.
         conn.pgconn.notify_handler = self._on_pgnotify
         await self._bounded(conn, sql.SQL("LISTEN {}").format(sql.Identifier(self.probe_channel)))
@@ -113,6 +115,16 @@ class PostgresListener(Listener[psycopg.AsyncConnection[Any]]):
         self._names.clear()
         self._connected()
         await self._serve(conn)
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        async with asyncio.timeout(self.connect_timeout + 1):  # not wait_for: see _idle
+            return await psycopg.AsyncConnection.connect(
+                self.dsn,
+                autocommit=True,
+                application_name=self.application_name,
+                connect_timeout=max(1, int(self.connect_timeout)),
+                **KEEPALIVE_PARAMS,
+            )
 
     async def _bounded(self, conn: psycopg.AsyncConnection[Any], statement: Any) -> None:
         """Run ``statement``; a server that does not answer in time is a hung connection."""
@@ -124,6 +136,9 @@ class PostgresListener(Listener[psycopg.AsyncConnection[Any]]):
                 f"PostgreSQL did not answer a command within {self.probe_timeout:g}s "
                 "(the connection is hung or the server overloaded)"
             ) from None
+
+    def _parse(self, payload: str) -> Notified | None:
+        return parse_notification(payload)
 
     async def _step(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._read(conn)
@@ -151,10 +166,10 @@ class PostgresListener(Listener[psycopg.AsyncConnection[Any]]):
 
     def _text(self, raw: bytes) -> str:
         try:
-            return raw.decode("utf-8")
+            return raw.decode(self._encoding)
         except UnicodeDecodeError:
             self.undecodable += 1
-            return raw.decode("utf-8", errors="replace")
+            return raw.decode(self._encoding, errors="replace")
 
     def _on_pgnotify(self, notify: psycopg.pq.PGnotify) -> None:
         """One notification, as libpq gives it (bytes), whoever read it."""

@@ -112,6 +112,24 @@ def prune(
     return None if row is None or row[0] is None else int(row[0])
 
 
+def parse_notification(payload: str) -> Notified | None:
+    """What ``sserelay.publish`` notifies (``{"seq": N, "event": ..., "data": ...}``, or
+    ``{"seq": N, "large": true}``), parsed; None if ``payload`` is not that."""
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    seq = obj.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        return None
+    data, event = obj.get("data"), obj.get("event")
+    if obj.get("large") or not isinstance(data, str):
+        data = None
+    return Notified(seq, seq - 1, event if isinstance(event, str) else None, data)
+
+
 # -- the relay's log ------------------------------------------------------------------
 
 
@@ -194,21 +212,6 @@ class PostgresLog(IntegerIds, SharedReads):
 
     def previous(self, row: Any) -> int:
         return int(row.id) - 1
-
-    def notified(self, payload: str) -> Notified | None:
-        try:
-            obj = json.loads(payload)
-        except (ValueError, RecursionError):
-            return None
-        if not isinstance(obj, dict):
-            return None
-        seq = obj.get("seq")
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
-            return None
-        data, event = obj.get("data"), obj.get("event")
-        if obj.get("large") or not isinstance(data, str):
-            data = None
-        return Notified(seq, seq - 1, event if isinstance(event, str) else None, data)
 
     async def prune(self, max_age: datetime.timedelta | None, max_count: int | None) -> int:
         async def run(conn: Any) -> int:

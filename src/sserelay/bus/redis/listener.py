@@ -34,8 +34,9 @@ from typing import Any
 from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
-from ...core.protocols import BusSink
+from ...core.protocols import BusSink, Notified
 from ..listener import Listener, ProbeFailed
+from .log import parse_notification
 from .scripts import DURABLE_PREFIX
 
 log = logging.getLogger("sserelay.redis")
@@ -135,6 +136,9 @@ class RedisListener(Listener[AbstractConnection]):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, *ERRORS):
                 await reader
+
+    def _parse(self, payload: str) -> Notified | None:
+        return parse_notification(payload)
 
     async def _step(self, conn: AbstractConnection) -> None:
         if self._reader is not None and self._reader.done():

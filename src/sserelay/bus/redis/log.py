@@ -30,6 +30,9 @@ log = logging.getLogger("sserelay.redis")
 T = TypeVar("T")
 
 
+_IDS = StreamEntryIds()
+
+
 class StreamEvent(NamedTuple):
     """One entry of a channel's stream, as :class:`RedisLog` reads it."""
 
@@ -50,6 +53,28 @@ def _stream_event(entry: Any) -> StreamEvent:
         fields.get(b"d", b"").decode(errors="replace"),
         entry_position(prev) if prev else 0,
     )
+
+
+def parse_notification(payload: str) -> Notified | None:
+    """What the publish script notifies (``{"seq": "<id>", "prev": "<id>", ...}``), parsed;
+    None if ``payload`` is not that."""
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    seq, prev = obj.get("seq"), obj.get("prev")
+    if not isinstance(seq, str) or not isinstance(prev, str):
+        return None
+    try:
+        position, before = _IDS.parse_id(seq), _IDS.parse_id(prev)
+    except ValueError:
+        return None
+    data, event = obj.get("data"), obj.get("event")
+    if obj.get("large") or not isinstance(data, str):
+        data = None
+    return Notified(position, before, event if isinstance(event, str) else None, data)
 
 
 class RedisLog(StreamEntryIds, SharedReads):
@@ -180,22 +205,3 @@ class RedisLog(StreamEntryIds, SharedReads):
 
     def previous(self, row: Any) -> int:
         return int(row.prev)
-
-    def notified(self, payload: str) -> Notified | None:
-        try:
-            obj = json.loads(payload)
-        except (ValueError, RecursionError):
-            return None
-        if not isinstance(obj, dict):
-            return None
-        seq, prev = obj.get("seq"), obj.get("prev")
-        if not isinstance(seq, str) or not isinstance(prev, str):
-            return None
-        try:
-            position, before = self.parse_id(seq), self.parse_id(prev) if prev != "0-0" else 0
-        except ValueError:
-            return None
-        data, event = obj.get("data"), obj.get("event")
-        if obj.get("large") or not isinstance(data, str):
-            data = None
-        return Notified(position, before, event if isinstance(event, str) else None, data)

@@ -24,9 +24,10 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from ...access.limits import Lease
 from ...core.hub import retry_hint
+from ...errors import HttpError
 from ...http.asgi import route_path, strip_root
 from ...http.buffered import BufferedStream
-from ...http.front import Admission, Response, dispatch, start_stream
+from ...http.front import Admission, Response, dispatch, refusal, start_stream
 from ...http.request import HeaderCollector, Request
 from ...http.responses import error_body
 from ...relay import Relay
@@ -71,7 +72,8 @@ class RequestState:
             self.stream.client_gone()
 
 
-def _response(answer: Response) -> HttpResponse:
+def django_response(answer: Response) -> HttpResponse:
+    """A front's :class:`~sserelay.http.front.Response` as Django's."""
     response = HttpResponse(answer.body, status=answer.status)
     if not any(name.lower() == "content-type" for name, _ in answer.headers):
         del response["Content-Type"]  # Django's default; the other fronts send none
@@ -98,10 +100,15 @@ def _path(request: HttpRequest, channel: str | None) -> str:
 
 def _request(request: HttpRequest, channel: str | None, max_header_bytes: int) -> Request:
     """The request as every front hands it to :func:`~sserelay.http.front.dispatch`."""
+    return front_request(request, _path(request, channel), max_header_bytes)
+
+
+def front_request(request: HttpRequest, path: str, max_header_bytes: int) -> Request:
+    """``request`` as the fronts share it, for ``path`` (as the relay would see it); its
+    headers through the one extraction (HttpError 431 past ``max_header_bytes``)."""
     collector = HeaderCollector(max_header_bytes)
     for name, value in request.headers.items():
         collector.add(name, value)
-    path = _path(request, channel)
     return Request(
         request.method or "GET",
         path,
@@ -127,9 +134,13 @@ async def stream(
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         body = error_body(f"relay cannot start: {reason}")
         return HttpResponse(body, status=503, content_type="application/json")
-    outcome = dispatch(relay, _request(request, channel, relay.settings.max_header_bytes))
+    try:
+        head = _request(request, channel, relay.settings.max_header_bytes)
+    except HttpError as exc:  # a head over max_header_bytes: 431, as on the other fronts
+        return django_response(refusal(relay, exc, None))
+    outcome = dispatch(relay, head)
     if isinstance(outcome, Response):
-        return _response(outcome)
+        return django_response(outcome)
     assert isinstance(outcome, Admission)  # /events... is a stream route: never POST /publish
     sub = DjangoStream(outcome.channels, limit=relay.settings.max_client_buffer)
     state = request.scope.get(STATE_KEY)

@@ -1,29 +1,13 @@
-"""A real browser for the Django tests: headless Chromium (Debian's ``chromium`` and
-``chromium-driver``) driven by Selenium. Missing, the tests skip with the reason, except
-in CI (``CI=true``), where that is a failure."""
+"""A real browser for the Django tests: a page of headless Chromium (Debian's ``chromium``
+and ``chromium-driver``, found by :func:`browser.chromium`, which skips without them,
+except in CI) driven by Selenium."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 WAIT = 30.0  # seconds any one browser-side condition may take
-
-
-def chromium() -> tuple[str, str]:
-    """Paths of the browser and its driver; skips (fails in CI) without them."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if browser and driver:
-        return browser, driver
-    reason = "headless browser test needs Debian's chromium and chromium-driver (apt-get install)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}: not found in CI, where .ci/run installs them")
-    pytest.skip(reason)
 
 
 class Page:
