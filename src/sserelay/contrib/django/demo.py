@@ -1,12 +1,13 @@
-"""``sserelay demo``: the chat example (``examples/chat``), running, in one command.
+"""``sserelay demo``: the chat example, running, in one command.
 
 - ``--mode asgi`` (default): Django under uvicorn serves pages and streams (the
   in-process view, one listener).
 - ``--mode wsgi``: Django's WSGI server for the pages, ``sserelay serve`` for the
   streams, sharing a token secret.
 
-Without ``--dsn``/``DATABASE_URL`` it uses the embedded PostgreSQL. The example lives
-in a source checkout (it is not part of the wheel): ``--example`` points elsewhere.
+Without ``--dsn``/``DATABASE_URL`` it uses the embedded PostgreSQL. The example ships
+in the package (:data:`EXAMPLE`, package data), so it runs from a wheel as from a clone;
+``--example`` runs a copy of it from elsewhere.
 """
 
 from __future__ import annotations
@@ -22,16 +23,18 @@ from pathlib import Path
 
 from ...errors import ConfigError
 
-#: Where the example is in a source checkout: <repo>/examples/chat.
-DEFAULT_EXAMPLE = Path(__file__).resolve().parents[4] / "examples" / "chat"
+#: The chat example (a Django project: ``manage.py``, ``chatsite/``, ``chat/``), shipped
+#: with the package.
+EXAMPLE = Path(__file__).resolve().parent / "example"
 
 
 def find_example(path: Path | None) -> Path:
-    example = (path or DEFAULT_EXAMPLE).resolve()
+    example = (path or EXAMPLE).resolve()
     if not (example / "manage.py").is_file():
+        where = "--example" if path else "this installation of sserelay"
         raise ConfigError(
-            f"no chat example at {example}: run `sserelay demo` from a source checkout "
-            "(git clone the sserelay repository) or pass --example PATH/TO/examples/chat"
+            f"no chat example at {example} ({where} has no manage.py): pass --example "
+            f"with a copy of {EXAMPLE}, or reinstall sserelay"
         )
     return example
 
@@ -70,7 +73,6 @@ def run_demo(
     env.update(
         DATABASE_URL=dsn,
         DJANGO_SETTINGS_MODULE="chatsite.settings",
-        DJANGO_SECRET_KEY=env.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(40),
         SSERELAY_JWT_SECRET=env.get("SSERELAY_JWT_SECRET") or secrets.token_urlsafe(32),
         PYTHONPATH=os.pathsep.join(p for p in (str(chat), env.get("PYTHONPATH")) if p),
     )
