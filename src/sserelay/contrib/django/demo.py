@@ -60,6 +60,27 @@ def _wait_port(port: int, procs: list[subprocess.Popen[bytes]], timeout: float =
     raise ConfigError(f"nothing listens on port {port} after {timeout:.0f}s")
 
 
+def _commands(
+    python: str, env: dict[str, str], *, mode: str, host: str, port: int, relay_port: int
+) -> tuple[list[tuple[list[str], dict[str, str]]], str]:
+    """The processes of ``mode`` (each with its environment), and what serves what."""
+    commands: list[tuple[list[str], dict[str, str]]] = []
+    if mode == "asgi":
+        uvicorn = [python, "-m", "uvicorn", "chatsite.asgi:application"]
+        uvicorn += ["--host", host, "--port", str(port), "--timeout-graceful-shutdown", "3"]
+        commands.append((uvicorn, env))
+        how = "Django (ASGI, uvicorn) serves the pages and the streams"
+    else:
+        relay_env = dict(env, ALLOWED_ORIGINS=f"http://{host}:{port}")
+        relay = [python, "-m", "sserelay", "serve", "--host", host, "--port", str(relay_port)]
+        commands.append((relay, relay_env))
+        django_env = dict(env, CHAT_STREAM_URL=f"http://{host}:{relay_port}")
+        runserver = [python, "manage.py", "runserver", f"{host}:{port}", "--noreload"]
+        commands.append((runserver, django_env))
+        how = f"Django (WSGI) serves the pages, `sserelay serve` the streams on :{relay_port}"
+    return commands, how
+
+
 def run_demo(
     dsn: str, *, mode: str, host: str, port: int, relay_port: int, example: Path | None
 ) -> int:
@@ -82,20 +103,7 @@ def run_demo(
         [python, "manage.py", "migrate", "--verbosity", "0"], cwd=chat, env=env, check=True
     )
     url = f"http://{host}:{port}/"
-    commands: list[tuple[list[str], dict[str, str]]] = []
-    if mode == "asgi":
-        uvicorn = [python, "-m", "uvicorn", "chatsite.asgi:application"]
-        uvicorn += ["--host", host, "--port", str(port), "--timeout-graceful-shutdown", "3"]
-        commands.append((uvicorn, env))
-        how = "Django (ASGI, uvicorn) serves the pages and the streams"
-    else:
-        relay_env = dict(env, ALLOWED_ORIGINS=f"http://{host}:{port}")
-        relay = [python, "-m", "sserelay", "serve", "--host", host, "--port", str(relay_port)]
-        commands.append((relay, relay_env))
-        django_env = dict(env, CHAT_STREAM_URL=f"http://{host}:{relay_port}")
-        runserver = [python, "manage.py", "runserver", f"{host}:{port}", "--noreload"]
-        commands.append((runserver, django_env))
-        how = f"Django (WSGI) serves the pages, `sserelay serve` the streams on :{relay_port}"
+    commands, how = _commands(python, env, mode=mode, host=host, port=port, relay_port=relay_port)
     procs = [subprocess.Popen(args, cwd=chat, env=e) for args, e in commands]
     stopping = False
 
