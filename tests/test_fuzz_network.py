@@ -64,9 +64,9 @@ CHECK_EVERY = 5  # hypothesis examples between two honest-stream checks
 SENTINEL = "fuzz_sentinel"
 SECRET = "f" * 40
 #: A token that verifies: read anything, publish on fuzz-* only.
-VALID = mint_token(SECRET, subscribe=["*"], publish=["fuzz-*"], ttl=3600, subject="fuzzer")
+VALID = mint_token(SECRET, subscribe=["*"], publish=["fuzz-*"], ttl=86_400, subject="fuzzer")
 #: One signed with another secret.
-FORGED = mint_token("g" * 40, subscribe=["*"], publish=["*"], ttl=3600)
+FORGED = mint_token("g" * 40, subscribe=["*"], publish=["*"], ttl=86_400)
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 HOST = "127.0.0.1"
 SECRET = "supervision-test-secret-0123456789abcdef"
-ADMIN = mint_token(SECRET, admin=True, ttl=600)
+ADMIN = mint_token(SECRET, admin=True, ttl=86_400)  # minted at collection: outlive the run
 KEYED = {"jwt_secret": SECRET, "public_channels": ("*",)}
 
 

@@ -66,7 +66,7 @@ async def wait_for(condition: object, what: str, timeout: float = 20.0) -> None:
 
 #: A key for the relay, so that /healthz gives its details (pid, streams) to an admin token.
 SECRET = "workers-test-secret-0123456789abcdef"
-ADMIN = mint_token(SECRET, admin=True, ttl=600)
+ADMIN = mint_token(SECRET, admin=True, ttl=86_400)  # minted at collection: outlive the run
 
 
 async def health(port: int) -> dict[str, object]:

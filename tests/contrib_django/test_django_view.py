@@ -19,7 +19,7 @@ from sserelay.testing import SseClient, showing_frames
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 HOST = "127.0.0.1"
-TOKEN = mint_token(SECRET, subscribe=["view-*"], ttl=600)
+TOKEN = mint_token(SECRET, subscribe=["view-*"], ttl=86_400)  # minted at collection
 
 
 @pytest.fixture(scope="module")

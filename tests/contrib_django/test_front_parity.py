@@ -48,8 +48,8 @@ COMPARED = (
     "access-control-allow-headers",
     "access-control-max-age",
 )
-PRIVATE = mint_token(SECRET, subscribe=["room-*"], subject="alice", ttl=600)
-OTHER = mint_token(SECRET, subscribe=["room-*"], subject="bob", ttl=600)
+PRIVATE = mint_token(SECRET, subscribe=["room-*"], subject="alice", ttl=86_400)
+OTHER = mint_token(SECRET, subscribe=["room-*"], subject="bob", ttl=86_400)
 
 
 def get(path: str, *headers: str, method: str = "GET") -> bytes:
