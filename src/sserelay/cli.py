@@ -1,5 +1,5 @@
 """The ``sserelay`` command: ``serve``, ``publish``, ``listen``, ``migrate``, ``prune``,
-``token``, ``demo``."""
+``token``, ``demo``, ``capture``."""
 
 from __future__ import annotations
 
@@ -107,6 +107,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         publish_burst=args.publish_burst,
         redis_url=args.redis,
         broker=_broker_flag(args),
+        capture=args.capture,
+        capture_max_lag=args.capture_max_lag,
     )
 
 
@@ -447,6 +449,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--publish-burst", type=int, help="POST /publish: events a subject may send at once (100)"
     )
+    serve.add_argument(
+        "--capture",
+        action="store_const",
+        const=True,
+        help="run change data capture too (env SSERELAY_CAPTURE; docs/capture.md)",
+    )
+    serve.add_argument(
+        "--capture-max-lag",
+        type=_seconds,
+        help="capture lag (30s, 5m) past which /healthz answers 503; default: never",
+    )
     database_options(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -527,6 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--example", type=Path, help="the chat example's directory")
     database_options(demo)
     demo.set_defaults(func=cmd_demo)
+
+    from .capture.cli import add_capture_parser
+
+    add_capture_parser(sub)
     return parser
 
 

@@ -96,6 +96,10 @@ class Settings:
     publish_rate: float = 50.0
     #: ``POST /publish``: events a token subject (or client address) may send at once.
     publish_burst: int = 100
+    #: Run change data capture in this relay (``serve --capture``; docs/capture.md).
+    capture: bool = False
+    #: Seconds of capture lag past which ``/healthz`` answers 503 (None: never).
+    capture_max_lag: float | None = None
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]  # checked below
@@ -145,6 +149,8 @@ class Settings:
             )
         if not 0 < self.publish_rate < math.inf:
             raise ConfigError(f"publish_rate must be a positive number, not {self.publish_rate}")
+        if self.capture_max_lag is not None and not 0 < self.capture_max_lag < math.inf:
+            raise ConfigError(f"capture_max_lag must be positive, not {self.capture_max_lag}")
         if self.max_replay < 1:
             raise ConfigError(f"max_replay must be at least 1, not {self.max_replay}")
         if self.reconnect_max < self.reconnect_min:
@@ -270,6 +276,13 @@ def _lower(var: str, raw: str) -> str:
     return raw.strip().lower()
 
 
+def _bool(var: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ConfigError(f"{var}={raw!r} is not a boolean (1/0, true/false, yes/no, on/off)")
+    return value in ("1", "true", "yes", "on")
+
+
 def _path(var: str, raw: str) -> Path:
     return Path(raw)
 
@@ -304,6 +317,8 @@ _ENV: dict[str, tuple[str, Callable[[str, str], object]]] = {
         "max_stream_lifetime",
         lambda var, raw: parse_duration(raw, var),
     ),
+    "SSERELAY_CAPTURE": ("capture", _bool),
+    "SSERELAY_CAPTURE_MAX_LAG": ("capture_max_lag", lambda var, raw: parse_duration(raw, var)),
     "SSERELAY_HEARTBEAT": ("heartbeat", _float),
     "SSERELAY_HEADER_TIMEOUT": ("header_timeout", _float),
     "SSERELAY_PROBE_INTERVAL": ("probe_interval", _float),

@@ -32,6 +32,7 @@ from .server import HttpConnection, protocol_factory
 
 if TYPE_CHECKING:
     from .broker import EventLog
+    from .capture import Capturer
     from .redis_broker import RedisListener
 
 log = logging.getLogger("sserelay")
@@ -108,6 +109,16 @@ class Relay:
         self.rejected: Counter[int] = Counter()
         self.metrics = RelayMetrics(self)
         self.listener.lag_observer = self.metrics.lag
+        self.capturer: Capturer | None = None
+        if settings.capture:  # change data capture (docs/capture.md)
+            from .capture.serve import capturer_for
+
+            self.capturer = capturer_for(
+                dsn,
+                bus=settings.bus,
+                max_lag=settings.capture_max_lag,
+                registry=self.metrics.registry,
+            )
         self.started = time.time()
         self._server: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -159,6 +170,8 @@ class Relay:
             asyncio.create_task(self.listener.run(), name="sserelay-listener"),
             asyncio.create_task(self.hub.run_heartbeats(), name="sserelay-heartbeats"),
         ]
+        if self.capturer is not None:
+            self._tasks.append(asyncio.create_task(self.capturer.run(), name="sserelay-capture"))
         if self.settings.retention_age is not None or self.settings.retention_count is not None:
             self._tasks.append(asyncio.create_task(self._prune_forever(), name="sserelay-prune"))
         if serve and sock is not None:
@@ -252,11 +265,14 @@ class Relay:
 
     def health(self) -> tuple[int, dict[str, Any]]:
         healthy = self.listener.healthy and not self.hub.closing
+        capture = {} if self.capturer is None else {"capture": self.capturer.status()}
+        healthy = healthy and (self.capturer is None or self.capturer.healthy)
         body = {
             "status": "ok" if healthy else "unavailable",
             "streams": self.hub.stream_count,
             "pid": os.getpid(),
             **self.listener.status(),
+            **capture,
         }
         return (200 if healthy else 503), body
 

@@ -1,0 +1,205 @@
+"""Writing captured events into the durable log, exactly once.
+
+Events go in through the SQL function ``sserelay.capture_write`` (which calls
+``sserelay.publish`` for each, in order), in *log transactions* on a connection of the
+writer's own. A log transaction holds the events of one or more whole source
+transactions, and ends by moving ``sserelay.capture_state.commit_lsn`` from the value
+the writer last saw to the last source transaction's commit LSN: a compare-and-set, so
+two writers that somehow both ran could never both log the same transaction (the second
+finds the row changed, rolls back, and starts over from what the row says).
+
+Only after that commit does the capturer confirm the slot. A crash before the commit
+loses the log transaction and the confirmation both: the server sends the source
+transactions again. A crash after the commit but before the confirmation makes the server
+send them again too, and the capturer skips every source transaction whose commit LSN is
+at or below ``commit_lsn``. Either way each change is logged once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from ..errors import BrokerUnavailable, SseRelayError
+from .changes import CapturedEvent
+from .pgoutput import format_lsn, parse_lsn
+from .rules import Rule
+
+WRITE_SQL = "SELECT sserelay.capture_write(%s::text[], %s::text[], %s::text[])"
+STATE_SQL = "SELECT slot_name, commit_lsn::text FROM sserelay.capture_state"
+COMMIT_SQL = """
+UPDATE sserelay.capture_state SET
+    commit_lsn = %(commit_lsn)s::pg_lsn,
+    end_lsn = coalesce(%(end_lsn)s::pg_lsn, end_lsn),
+    commit_time = coalesce(%(commit_time)s, commit_time),
+    captured_at = CASE WHEN %(transactions)s > 0 THEN now() ELSE captured_at END,
+    transactions = transactions + %(transactions)s,
+    events = events + %(events)s,
+    rows_skipped = rows_skipped + %(skipped)s,
+    last_error = coalesce(%(error)s, last_error),
+    last_error_at = CASE WHEN %(error)s::text IS NULL THEN last_error_at ELSE now() END,
+    heartbeat_at = coalesce(%(heartbeat)s, heartbeat_at),
+    heartbeat_seen_at = CASE WHEN %(heartbeat)s::timestamptz IS NULL THEN heartbeat_seen_at
+                             ELSE now() END,
+    heartbeat_interval = coalesce(%(interval)s, heartbeat_interval)
+WHERE commit_lsn = %(expected)s::pg_lsn
+"""
+LOST_SQL = """
+UPDATE sserelay.capture_state SET lost_at = now(), lost_reason = %s
+WHERE lost_at IS NULL RETURNING slot_name
+"""
+CHANNELS_SQL = "SELECT channel FROM sserelay.channels WHERE channel ~ %s"
+PUBLISH_SQL = "SELECT sserelay.publish(%s, %s, %s)"
+
+
+class Conflict(SseRelayError):
+    """``capture_state`` moved under us: another capturer wrote. Start over."""
+
+
+class NotInstalled(SseRelayError):
+    """The database has no capture installed (``sserelay capture add`` makes it)."""
+
+
+@dataclass
+class Group:
+    """The log transaction being built: whole source transactions, in commit order."""
+
+    open: bool = False
+    channels: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    datas: list[str] = field(default_factory=list)
+    #: Totals of the whole group (``channels`` etc. hold the unsent batch only).
+    event_count: int = 0
+    transactions: int = 0
+    skipped: int = 0
+    error: str | None = None
+    commit_lsn: int = 0
+    end_lsn: int = 0
+    commit_time: datetime.datetime | None = None
+    heartbeat: datetime.datetime | None = None
+    started: float = 0.0
+
+    def add(self, event: CapturedEvent) -> None:
+        self.channels.append(event.channel)
+        self.events.append(event.event)
+        self.datas.append(event.data)
+        self.event_count += 1
+
+    @property
+    def pending(self) -> int:
+        return len(self.channels)
+
+    @property
+    def has_work(self) -> bool:
+        """Something to commit: a source transaction, or a heartbeat to record."""
+        return bool(self.transactions or self.heartbeat)
+
+    @property
+    def needs_write(self) -> bool:
+        return bool(self.event_count or self.skipped or self.heartbeat or self.error)
+
+
+class LogWriter:
+    """The writer's connection (not in autocommit: one open transaction per group)."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+        #: ``capture_state.commit_lsn`` as last read or written by us.
+        self.commit_lsn = 0
+        self.slot = ""
+
+    @classmethod
+    async def connect(cls, dsn: str, *, application_name: str) -> LogWriter:
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                dsn, autocommit=False, application_name=application_name
+            )
+        except psycopg.Error as exc:
+            raise BrokerUnavailable(f"capture: cannot connect the log writer: {exc}") from exc
+        return cls(conn)
+
+    async def load_state(self) -> str:
+        """Read the slot name and the last logged commit LSN; returns the slot."""
+        try:
+            cursor = await self.conn.execute(STATE_SQL)
+            row = await cursor.fetchone()
+            await self.conn.rollback()
+        except psycopg.errors.UndefinedTable:
+            await self.conn.rollback()
+            raise NotInstalled("capture is not installed: run `sserelay capture add`") from None
+        if row is None:
+            raise NotInstalled("capture is not installed: run `sserelay capture add`")
+        self.slot = str(row[0])
+        self.commit_lsn = parse_lsn(row[1])
+        return self.slot
+
+    async def flush(self, group: Group) -> None:
+        """Send the group's pending events (opening its transaction if need be)."""
+        if not group.pending:
+            return
+        await self.conn.execute(WRITE_SQL, (group.channels, group.events, group.datas))
+        group.open = True
+        group.channels, group.events, group.datas = [], [], []
+
+    async def commit(self, group: Group, heartbeat_interval: float | None) -> None:
+        """Write what is left, move ``commit_lsn`` and commit; :class:`Conflict` if another
+        writer moved it first (then nothing of the group is logged)."""
+        await self.flush(group)
+        params = {
+            "commit_lsn": format_lsn(group.commit_lsn or self.commit_lsn),
+            "end_lsn": format_lsn(group.end_lsn) if group.end_lsn else None,
+            "commit_time": group.commit_time,
+            "transactions": group.transactions,
+            "events": group.event_count,
+            "skipped": group.skipped,
+            "error": group.error,
+            "heartbeat": group.heartbeat,
+            "interval": heartbeat_interval,
+            "expected": format_lsn(self.commit_lsn),
+        }
+        cursor = await self.conn.execute(COMMIT_SQL, params)
+        if cursor.rowcount != 1:
+            await self.conn.rollback()
+            raise Conflict("capture_state.commit_lsn changed under this capturer")
+        await self.conn.commit()
+        if group.commit_lsn:
+            self.commit_lsn = group.commit_lsn
+
+    async def rollback(self) -> None:
+        await self.conn.rollback()
+
+    async def mark_lost(self, reason: str, rules: Iterable[Rule]) -> list[str] | None:
+        """Record that the slot is lost and publish ``missed`` on the captured channels,
+        once (None if it was already recorded)."""
+        import json
+
+        try:
+            cursor = await self.conn.execute(LOST_SQL, (reason,))
+            if await cursor.fetchone() is None:
+                await self.conn.rollback()
+                return None
+            channels: set[str] = set()
+            for rule in rules:
+                if rule.channel.is_static:
+                    channels.add(rule.channel.text)
+                    continue
+                cursor = await self.conn.execute(CHANNELS_SQL, (rule.channel.pattern(),))
+                channels.update(r[0] for r in await cursor.fetchall())
+            for channel in sorted(channels):
+                data = json.dumps({"channel": channel, "reason": reason})
+                await self.conn.execute(PUBLISH_SQL, (channel, data, "missed"))
+            await self.conn.commit()
+        except BaseException:
+            await self.conn.rollback()
+            raise
+        return sorted(channels)
+
+    async def close(self) -> None:
+        # closing a broken connection: nothing left to lose
+        with contextlib.suppress(Exception):
+            await self.conn.close()
