@@ -48,6 +48,8 @@ class Capturer:
         self.failures = 0
         self.slot_status: SlotStatus | None = None
         self.error: str | None = None
+        #: True while this process streams from the slot (after START_REPLICATION).
+        self.streaming = False
         self._lock: LockConnection | None = None
 
     # -- the status ---------------------------------------------------------------------------
@@ -164,9 +166,10 @@ class Capturer:
                 return
             self.error = None
             consumer = Consumer(stream, writer, rules, self.options, self.counters)
-            consumer.confirmed = 0
+            self.streaming = True
             await _first_to_end(consumer.run(), self._keep(lock))
         finally:
+            self.streaming = False
             if stream is not None:
                 await stream.close()
             await writer.close()

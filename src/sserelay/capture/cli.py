@@ -211,9 +211,7 @@ def add_capture_parser(subparsers: Any) -> None:
     )
     p.add_argument("--columns", help="publish only these columns: id,status,total")
     p.add_argument("--where", help="publish only rows matching this SQL expression")
-    p.add_argument(
-        "--events", help="what to capture: insert,update,delete (default), truncate too"
-    )
+    p.add_argument("--events", help="what to capture: insert,update,delete (default), truncate too")
     p.add_argument("--event-prefix", help="event names are PREFIX.insert... (default: the table)")
     p.add_argument("--slot", help="replication slot name, on first install")
     p = command("remove", cmd_remove, "stop capturing a table")
