@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -68,14 +68,17 @@ def capture_dsn(capture_cluster: Cluster) -> Iterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def running_capturer(dsn: str, **options: Any) -> AsyncIterator[Capturer]:
-    """A capturer in this process, streaming when yielded; stopped (and checked not to
-    have died) on exit."""
+async def running_capturer(
+    dsn: str, *, ready: Callable[[Capturer], bool] | None = None, **options: Any
+) -> AsyncIterator[Capturer]:
+    """A capturer in this process, yielded once ``ready`` (default: streaming); stopped
+    on exit."""
     capturer = Capturer(dsn, CaptureOptions(**{**FAST, **options}))
+    is_ready = ready or (lambda c: c.streaming)
     task = asyncio.create_task(capturer.run())
     try:
         await wait_until(
-            lambda: capturer.streaming or task.done(),
+            lambda: is_ready(capturer) or task.done(),
             timeout=30,
             message=lambda: f"capturer is {capturer.role}: {capturer.error}",
         )

@@ -24,13 +24,14 @@ from typing import Any
 from .. import jitter
 from ..errors import BrokerUnavailable
 from .consumer import Consumer, Counters
+from .errors import Conflict, DatabaseRefused, NotInstalled, translated
 from .leader import LockConnection
 from .options import CaptureOptions
 from .pgoutput import DecodeError, format_lsn
 from .rules import PUBLICATIONS, Rule, aload_rules
 from .status import SlotStatus, lag_seconds
 from .stream import ReplicationStream, SlotBusy, SlotInvalidated, SlotMissing, StreamError
-from .writer import Conflict, LogWriter, NotInstalled
+from .writer import LogWriter
 
 log = logging.getLogger("sserelay.capture")
 
@@ -104,6 +105,8 @@ class Capturer:
                 raise
             except (BrokerUnavailable, StreamError, Conflict, NotInstalled) as exc:
                 self._failed(exc, logging.WARNING)
+            except (DatabaseRefused, DecodeError) as exc:  # needs an operator: say it loudly
+                self._failed(exc, logging.ERROR)
             except Exception as exc:  # a bug, or a database answer we did not expect
                 self._failed(exc, logging.ERROR, trace=True)
             finally:
@@ -175,8 +178,9 @@ class Capturer:
             await writer.close()
 
     async def _rules(self, writer: LogWriter) -> dict[int, Rule]:
-        rules = await aload_rules(writer.conn)
-        await writer.conn.rollback()
+        with translated("reading the capture rules"):
+            rules = await aload_rules(writer.conn)
+            await writer.conn.rollback()
         return rules
 
     async def _open_stream(

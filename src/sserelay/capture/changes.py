@@ -180,3 +180,12 @@ def tail(lsn: str, commit_time: str) -> str:
 
 def truncate_data(lsn: str, commit_time: str) -> str:
     return "{" + tail(lsn, commit_time)[1:]
+
+
+#: The event a captured channel gets when changes were lost (the slot was).
+MISSED_EVENT = "missed"
+
+
+def missed_event(channel: str, reason: str) -> CapturedEvent:
+    """``missed`` on ``channel``: a page that sees it reloads its state."""
+    return CapturedEvent(channel, MISSED_EVENT, _dumps({"channel": channel, "reason": reason}))

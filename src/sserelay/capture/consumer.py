@@ -40,7 +40,7 @@ from .pgoutput import (
 from .rules import RULES_TABLE, Rule
 from .stream import Keepalive, ReplicationStream, XLogData
 from .template import RouteError
-from .writer import CHANNELS_SQL, Group, LogWriter
+from .writer import Group, LogWriter
 
 log = logging.getLogger("sserelay.capture")
 
@@ -247,8 +247,7 @@ class Consumer:
                 channels = [template.text]
             else:  # every channel of the template that has had events
                 await self.writer.flush(self.group)
-                cursor = await self.writer.conn.execute(CHANNELS_SQL, (template.pattern(),))
-                channels = sorted(r[0] for r in await cursor.fetchall())
+                channels = await self.writer.channels_matching(template.pattern())
                 self.group.open = True
             for channel in channels:
                 self.group.add(CapturedEvent(channel, codec.truncate_event, data))

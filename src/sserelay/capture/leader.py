@@ -17,6 +17,7 @@ import psycopg
 
 from ..errors import BrokerUnavailable
 from .consumer import HEARTBEAT_PREFIX
+from .errors import translated
 from .slot import CAPTURE_LOCK_KEY
 from .status import SlotStatus, aread_status
 
@@ -51,25 +52,31 @@ class LockConnection:
         return cls(conn)
 
     async def try_acquire(self) -> bool:
-        cursor = await self.conn.execute("SELECT pg_try_advisory_lock(%s)", (CAPTURE_LOCK_KEY,))
-        row = await cursor.fetchone()
+        with translated("taking the capture lock"):
+            cursor = await self.conn.execute("SELECT pg_try_advisory_lock(%s)", (CAPTURE_LOCK_KEY,))
+            row = await cursor.fetchone()
         self.held = bool(row and row[0])
         return self.held
 
     async def heartbeat(self) -> None:
-        await self.conn.execute(HEARTBEAT_SQL, (HEARTBEAT_PREFIX,))
+        with translated("emitting a heartbeat"):
+            await self.conn.execute(HEARTBEAT_SQL, (HEARTBEAT_PREFIX,))
 
     async def status(self) -> SlotStatus | None:
-        return await aread_status(self.conn)
+        with translated("reading the capture status"):
+            return await aread_status(self.conn)
 
     async def terminate(self, pid: int) -> None:
-        await self.conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with translated("ending the session on the slot"):
+            await self.conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
     async def slot_pid(self, slot: str) -> int | None:
-        cursor = await self.conn.execute(
-            "SELECT active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", (slot,)
-        )
-        row = await cursor.fetchone()
+        with translated("reading the slot"):
+            cursor = await self.conn.execute(
+                "SELECT active_pid FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+                (slot,),
+            )
+            row = await cursor.fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
     async def close(self) -> None:

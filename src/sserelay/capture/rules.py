@@ -340,7 +340,7 @@ def add(
 def _refused(exc: psycopg.Error, info: TableInfo) -> ConfigError:
     diag = exc.diag
     text = " ".join(p for p in (diag.message_primary, diag.message_detail) if p)
-    if diag.message_primary and diag.message_primary.startswith("cannot "):
+    if diag.message_primary and diag.message_primary.startswith(("cannot update", "cannot delete")):
         text += (
             f" (the replica identity of {info.schema}.{info.name} is "
             f"{', '.join(info.key) or 'empty'}: filter only on it, capture fewer events, or "

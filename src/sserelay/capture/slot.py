@@ -7,7 +7,6 @@ will ever decode is decoded with them in the catalog.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from typing import Any
@@ -17,13 +16,14 @@ from psycopg import sql
 
 from .. import schema
 from ..errors import ConfigError
+from .changes import missed_event
 from .rules import CONTROL_PUBLICATION, PUBLICATIONS, RULES_TABLE, Rule, load_rules
 from .stream import SLOT_NAME
+from .writer import CHANNELS_SQL, PUBLISH_SQL
 
 #: int8 of the bytes b"ssecaptr": the advisory lock the consuming capturer holds.
 CAPTURE_LOCK_KEY = int.from_bytes(b"ssecaptr", "big")
 MIN_SERVER_VERSION = 150000
-MISSED_EVENT = "missed"
 
 
 def default_slot_name(database: str) -> str:
@@ -196,15 +196,11 @@ def reset_slot(conn: psycopg.Connection[Any]) -> tuple[str, list[str]]:
 def captured_channels(conn: psycopg.Connection[Any], rules: list[Rule]) -> list[str]:
     """The channels the rules publish on: each static one, and each channel in the log
     that a template with fields could have made."""
-    channels: set[str] = set()
+    channels = {r.channel.text for r in rules if r.channel.is_static}
     for rule in rules:
-        if rule.channel.is_static:
-            channels.add(rule.channel.text)
-            continue
-        rows = conn.execute(
-            "SELECT channel FROM sserelay.channels WHERE channel ~ %s", (rule.channel.pattern(),)
-        )
-        channels.update(r[0] for r in rows)
+        if not rule.channel.is_static:
+            rows = conn.execute(CHANNELS_SQL, (rule.channel.pattern(),))
+            channels.update(r[0] for r in rows)
     return sorted(channels)
 
 
@@ -212,6 +208,6 @@ def publish_missed(conn: psycopg.Connection[Any], reason: str) -> list[str]:
     """Publish a ``missed`` event on every captured channel (in the caller's transaction)."""
     channels = captured_channels(conn, load_rules(conn))
     for channel in channels:
-        data = json.dumps({"channel": channel, "reason": reason})
-        conn.execute("SELECT sserelay.publish(%s, %s, %s)", (channel, data, MISSED_EVENT))
+        missed = missed_event(channel, reason)
+        conn.execute(PUBLISH_SQL, (channel, missed.data, missed.event))
     return channels

@@ -25,8 +25,9 @@ from typing import Any
 
 import psycopg
 
-from ..errors import BrokerUnavailable, SseRelayError
-from .changes import CapturedEvent
+from ..errors import BrokerUnavailable
+from .changes import CapturedEvent, missed_event
+from .errors import Conflict, NotInstalled, translated
 from .pgoutput import format_lsn, parse_lsn
 from .rules import Rule
 
@@ -55,14 +56,6 @@ WHERE lost_at IS NULL RETURNING slot_name
 """
 CHANNELS_SQL = "SELECT channel FROM sserelay.channels WHERE channel ~ %s"
 PUBLISH_SQL = "SELECT sserelay.publish(%s, %s, %s)"
-
-
-class Conflict(SseRelayError):
-    """``capture_state`` moved under us: another capturer wrote. Start over."""
-
-
-class NotInstalled(SseRelayError):
-    """The database has no capture installed (``sserelay capture add`` makes it)."""
 
 
 @dataclass
@@ -126,9 +119,10 @@ class LogWriter:
     async def load_state(self) -> str:
         """Read the slot name and the last logged commit LSN; returns the slot."""
         try:
-            cursor = await self.conn.execute(STATE_SQL)
-            row = await cursor.fetchone()
-            await self.conn.rollback()
+            with translated("reading capture_state"):
+                cursor = await self.conn.execute(STATE_SQL)
+                row = await cursor.fetchone()
+                await self.conn.rollback()
         except psycopg.errors.UndefinedTable:
             await self.conn.rollback()
             raise NotInstalled("capture is not installed: run `sserelay capture add`") from None
@@ -142,7 +136,8 @@ class LogWriter:
         """Send the group's pending events (opening its transaction if need be)."""
         if not group.pending:
             return
-        await self.conn.execute(WRITE_SQL, (group.channels, group.events, group.datas))
+        with translated("writing events"):
+            await self.conn.execute(WRITE_SQL, (group.channels, group.events, group.datas))
         group.open = True
         group.channels, group.events, group.datas = [], [], []
 
@@ -162,41 +157,42 @@ class LogWriter:
             "interval": heartbeat_interval,
             "expected": format_lsn(self.commit_lsn),
         }
-        cursor = await self.conn.execute(COMMIT_SQL, params)
-        if cursor.rowcount != 1:
-            await self.conn.rollback()
-            raise Conflict("capture_state.commit_lsn changed under this capturer")
-        await self.conn.commit()
+        with translated("committing events"):
+            cursor = await self.conn.execute(COMMIT_SQL, params)
+            if cursor.rowcount != 1:
+                await self.conn.rollback()
+                raise Conflict("capture_state.commit_lsn changed under this capturer")
+            await self.conn.commit()
         if group.commit_lsn:
             self.commit_lsn = group.commit_lsn
 
-    async def rollback(self) -> None:
-        await self.conn.rollback()
+    async def channels_matching(self, pattern: str) -> list[str]:
+        """The channels in the log that match a template's pattern (in the open group)."""
+        with translated("listing channels"):
+            cursor = await self.conn.execute(CHANNELS_SQL, (pattern,))
+            return sorted(r[0] for r in await cursor.fetchall())
 
     async def mark_lost(self, reason: str, rules: Iterable[Rule]) -> list[str] | None:
         """Record that the slot is lost and publish ``missed`` on the captured channels,
         once (None if it was already recorded)."""
-        import json
-
-        try:
-            cursor = await self.conn.execute(LOST_SQL, (reason,))
-            if await cursor.fetchone() is None:
+        rules = list(rules)
+        with translated("recording the lost slot"):
+            try:
+                cursor = await self.conn.execute(LOST_SQL, (reason,))
+                if await cursor.fetchone() is None:
+                    await self.conn.rollback()
+                    return None
+                channels = {r.channel.text for r in rules if r.channel.is_static}
+                for rule in rules:
+                    if not rule.channel.is_static:
+                        channels.update(await self.channels_matching(rule.channel.pattern()))
+                for channel in sorted(channels):
+                    missed = missed_event(channel, reason)
+                    await self.conn.execute(PUBLISH_SQL, (channel, missed.data, missed.event))
+                await self.conn.commit()
+            except BaseException:
                 await self.conn.rollback()
-                return None
-            channels: set[str] = set()
-            for rule in rules:
-                if rule.channel.is_static:
-                    channels.add(rule.channel.text)
-                    continue
-                cursor = await self.conn.execute(CHANNELS_SQL, (rule.channel.pattern(),))
-                channels.update(r[0] for r in await cursor.fetchall())
-            for channel in sorted(channels):
-                data = json.dumps({"channel": channel, "reason": reason})
-                await self.conn.execute(PUBLISH_SQL, (channel, data, "missed"))
-            await self.conn.commit()
-        except BaseException:
-            await self.conn.rollback()
-            raise
+                raise
         return sorted(channels)
 
     async def close(self) -> None:
