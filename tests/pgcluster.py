@@ -114,3 +114,33 @@ def private_cluster(settings: Mapping[str, str] | None = None) -> Iterator[Clust
         yield cluster
     finally:
         cluster.destroy()
+
+
+@contextlib.contextmanager
+def capture_database(admin_dsn: str, *, install: bool = True) -> Iterator[str]:
+    """A fresh database on ``admin_dsn``'s server, with change data capture installed (a
+    slot of its own); on exit the slot and the database are dropped."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    from sserelay.capture import slot as capture_slot
+
+    name = f"cap_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    db = make_conninfo(admin_dsn, dbname=name)
+    try:
+        if install:
+            with psycopg.connect(db, autocommit=True) as conn:
+                capture_slot.install(conn)
+        yield db
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            for (slot,) in admin.execute(
+                "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (name,)
+            ).fetchall():
+                capture_slot.drop_slot(admin, slot)
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

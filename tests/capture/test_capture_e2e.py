@@ -11,8 +11,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from capture_helpers import execute, psql, running_capturer
 
-from conftest import execute, psql, running_capturer
 from sserelay.capture import rules
 from sserelay.capture.pgoutput import parse_lsn
 from sserelay.errors import ConfigError
@@ -58,7 +58,11 @@ async def stream(relay: Relay) -> AsyncIterator[Callable[[str], Awaitable[SseCli
 async def test_changes_from_psql_reach_a_stream(
     capture_dsn: str, relay: Relay, stream: Stream
 ) -> None:
-    execute(capture_dsn, "CREATE TABLE orders (id int PRIMARY KEY, status text, total numeric)")
+    execute(
+        capture_dsn,
+        "CREATE TABLE orders (id int PRIMARY KEY, status text, total numeric,"
+        " due timestamptz DEFAULT '2024-05-01 12:00:00+02')",
+    )
     add_rule(capture_dsn, "orders", "orders")
     client = await stream("/events/orders")
     with showing_frames(client):
@@ -76,8 +80,9 @@ async def test_changes_from_psql_reach_a_stream(
     ]
     assert [e.id for e in (insert, update, delete)] == ["1", "2", "3"]
     first, second, third = (json.loads(e.data) for e in (insert, update, delete))
-    assert first["new"] == {"id": 1, "status": "new", "total": 9.99}
-    assert second["new"] == {"id": 1, "status": "paid", "total": 9.99}
+    due = "2024-05-01T10:00:00+00:00"
+    assert first["new"] == {"id": 1, "status": "new", "total": 9.99, "due": due}
+    assert second["new"] == {"id": 1, "status": "paid", "total": 9.99, "due": due}
     assert second["key"] == {"id": 1}
     assert third == {"key": {"id": 1}, "lsn": third["lsn"], "commit_time": third["commit_time"]}
     lsns = [parse_lsn(d["lsn"]) for d in (first, second, third)]

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import capture_database, execute, running_capturer
-from pgcluster import Cluster, private_cluster
-from processes import SETTINGS_VARS, relay_process
+from capture_helpers import execute, running_capturer
 
+from pgcluster import Cluster, capture_database, private_cluster
+from processes import SETTINGS_VARS, relay_process
 from sserelay.capture import rules
 from sserelay.capture import slot as capture_slot
 from sserelay.capture.pgoutput import parse_lsn

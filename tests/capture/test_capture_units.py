@@ -195,3 +195,8 @@ def test_value_encoding() -> None:
     assert encode_value(20, "-9223372036854775808") == "-9223372036854775808"
     assert encode_value(17, b"\x00\xff") == '"00ff"'
     assert encode_value(16, None) == "null"
+    assert encode_value(1184, "2024-05-01 12:00:00.5+00") == '"2024-05-01T12:00:00.5+00:00"'
+    assert encode_value(1184, "2024-05-01 12:00:00+05:30") == '"2024-05-01T12:00:00+05:30"'
+    assert encode_value(1114, "2024-05-01 12:00:00") == '"2024-05-01T12:00:00"'
+    assert encode_value(1184, "infinity") == '"infinity"'
+    assert encode_value(1184, "0044-03-15 12:00:00+00 BC") == '"0044-03-15 12:00:00+00 BC"'

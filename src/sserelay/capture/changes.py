@@ -12,13 +12,15 @@ The data of each event is a JSON object:
 
 ``lsn`` is the source transaction's commit LSN and ``commit_time`` its commit time, the
 same for every event of one transaction. Values are typed: booleans, integers, floats,
-numerics (as JSON numbers, NaN and infinities as strings), json and jsonb as JSON; every
-other type as the string PostgreSQL writes for it.
+numerics (as JSON numbers, NaN and infinities as strings), json and jsonb as JSON,
+timestamps in ISO 8601 (``2024-05-01T12:00:00+00:00``, in UTC) as ``to_json`` writes
+them; every other type as the string PostgreSQL writes for it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -47,6 +49,18 @@ def _number(text: str) -> str:
     return _dumps(text) if text in _SPECIAL_NUMBERS else text
 
 
+_OFFSET = re.compile(r"([+-]\d\d)$")
+
+
+def _timestamp(text: str) -> str:
+    """``2024-05-01 12:00:00.5+00`` (the stream's DateStyle ISO, TimeZone UTC) as JSON's
+    usual ``2024-05-01T12:00:00.5+00:00``, like PostgreSQL's own ``to_json``. Infinities
+    and BC dates stay as PostgreSQL writes them."""
+    if not text[:4].isdigit() or text.endswith(" BC"):
+        return _dumps(text)
+    return _dumps(_OFFSET.sub(r"\1:00", text.replace(" ", "T", 1)))
+
+
 #: Type OID -> how its text form becomes JSON. Others are strings.
 _ENCODERS: dict[int, Callable[[str], str]] = {
     16: _bool,  # bool
@@ -59,6 +73,8 @@ _ENCODERS: dict[int, Callable[[str], str]] = {
     1700: _number,  # numeric
     114: _raw,  # json
     3802: _raw,  # jsonb
+    1114: _timestamp,  # timestamp
+    1184: _timestamp,  # timestamptz
 }
 
 

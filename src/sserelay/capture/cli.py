@@ -114,7 +114,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(status: SlotStatus) -> list[str]:
+def describe(status: SlotStatus) -> list[str]:
     state = "LOST" if status.lost else ("active" if status.slot_active else "inactive")
     lag = status.lag_seconds
     lines = [
@@ -144,7 +144,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status.as_dict(), indent=2))
     else:
-        print("\n".join(_describe(status)))
+        print("\n".join(describe(status)))
     return 1 if status.lost else 0
 
 

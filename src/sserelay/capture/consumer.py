@@ -89,6 +89,8 @@ class Consumer:
         #: The source transaction being received, and whether it is logged already.
         self.txn: Begin | None = None
         self.skip = False
+        #: Row changes of the current source transaction that were captured (or skipped).
+        self.txn_rows = 0
         self.tail = ""
         self.lsn_text = ""
         #: The position confirmed to the server (everything before it is in the log).
@@ -149,6 +151,7 @@ class Consumer:
 
     def _begin(self, begin: Begin) -> None:
         self.txn = begin
+        self.txn_rows = 0
         self.skip = begin.final_lsn <= self.writer.commit_lsn
         self.lsn_text = format_lsn(begin.final_lsn)
         self.tail = tail(self.lsn_text, begin.commit_time.isoformat())
@@ -164,6 +167,7 @@ class Consumer:
             return
         group = self.group
         group.transactions += 1
+        group.captured += 1 if self.txn_rows else 0
         group.commit_lsn = commit.commit_lsn
         group.end_lsn = commit.end_lsn
         group.commit_time = commit.commit_time
@@ -178,7 +182,7 @@ class Consumer:
         if group.needs_write:
             await self.writer.commit(group, self.tuning.heartbeat_interval)
         c = self.counters
-        c.transactions += group.transactions
+        c.transactions += group.captured
         c.events += group.event_count
         c.rows_skipped += group.skipped
         c.groups += 1
@@ -223,6 +227,7 @@ class Consumer:
         except RouteError as exc:
             self._skipped(codec, exc)
             return
+        self.txn_rows += 1
         self.group.add(event)
 
     def _skipped(self, codec: TableCodec, exc: RouteError) -> None:
@@ -231,6 +236,7 @@ class Consumer:
             f"not published: channel template {codec.rule.channel.text!r}: {exc}"
         )
         self.group.skipped += 1
+        self.txn_rows += 1
         self.group.error = text
         self.counters.last_error = text
         log.warning("capture: %s", text)
@@ -251,6 +257,7 @@ class Consumer:
                 self.group.open = True
             for channel in channels:
                 self.group.add(CapturedEvent(channel, codec.truncate_event, data))
+            self.txn_rows += 1
 
     def _message(self, message: Message) -> None:
         if message.prefix != HEARTBEAT_PREFIX:

@@ -351,21 +351,34 @@ def _refused(exc: psycopg.Error, info: TableInfo) -> ConfigError:
     return ConfigError(f"capture add {info.schema}.{info.name}: {text or _first_line(exc)}")
 
 
-def remove(conn: psycopg.Connection[Any], table: str) -> bool:
-    """Stop capturing ``table``; False if it had no rule."""
-    with conn.transaction():
-        rows = conn.execute(
-            "DELETE FROM sserelay.capture_rules"
-            " WHERE relid = pg_catalog.to_regclass(%s)"
-            " OR table_schema || '.' || table_name IN (%s, 'public.' || %s)"
-            " RETURNING relid, table_schema, table_name",
-            (table, table, table),
-        ).fetchall()
-        for relid, schema, name in rows:
-            info = TableInfo(int(relid), schema, name, "r", "d", (), ())
-            exists = conn.execute("SELECT 1 FROM pg_catalog.pg_class WHERE oid = %s", (relid,))
-            if exists.fetchone() is not None:
-                _drop_from_publications(conn, info)
+_REMOVE_BY_OID_SQL = (
+    "DELETE FROM sserelay.capture_rules WHERE relid = %s RETURNING relid, table_schema, table_name"
+)
+_REMOVE_BY_NAME_SQL = """
+DELETE FROM sserelay.capture_rules
+WHERE relid = pg_catalog.to_regclass(%s)
+   OR table_schema || '.' || table_name IN (%s, 'public.' || %s)
+RETURNING relid, table_schema, table_name
+"""
+
+
+def remove(conn: psycopg.Connection[Any], table: str | int) -> bool:
+    """Stop capturing ``table`` (a name as in SQL, or the table's oid); False if it had
+    no rule. A table that was dropped is found by the name its rule recorded."""
+    try:
+        with conn.transaction():
+            if isinstance(table, int):
+                cursor = conn.execute(_REMOVE_BY_OID_SQL, (table,))
+            else:
+                cursor = conn.execute(_REMOVE_BY_NAME_SQL, (table, table, table))
+            rows = cursor.fetchall()
+            for relid, schema, name in rows:
+                info = TableInfo(int(relid), schema, name, "r", "d", (), ())
+                exists = conn.execute("SELECT 1 FROM pg_catalog.pg_class WHERE oid = %s", (relid,))
+                if exists.fetchone() is not None:
+                    _drop_from_publications(conn, info)
+    except psycopg.Error as exc:
+        raise ConfigError(f"capture remove {table}: {_first_line(exc)}") from None
     return bool(rows)
 
 

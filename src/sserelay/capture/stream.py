@@ -164,6 +164,8 @@ class ReplicationStream:
                 autocommit=True,
                 application_name=application_name,
                 client_encoding="UTF8",
+                # Values come as their types' text output: make it the same everywhere.
+                options="-c datestyle=ISO,YMD -c timezone=UTC -c intervalstyle=iso_8601",
                 connect_timeout=max(1, int(timeout)),
             )
         except psycopg.Error as exc:

@@ -11,7 +11,7 @@ capturer counts and reports instead of publishing.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ..channels import validate_channel
@@ -71,6 +71,17 @@ class Template:
             validate_channel(sample)
         except InvalidChannel as exc:
             raise ConfigError(f"channel template {self.text!r}: {exc}") from None
+
+    def rename(self, names: Mapping[str, str]) -> Template:
+        """The same template with fields renamed (``names``: old -> new; others kept)."""
+
+        def literal(text: str) -> str:
+            return text.replace("{", "{{").replace("}", "}}")
+
+        out = [literal(self.literals[0])]
+        for field, text in zip(self.fields, self.literals[1:], strict=True):
+            out.append("{" + names.get(field, field) + "}" + literal(text))
+        return Template.parse("".join(out))
 
     @property
     def is_static(self) -> bool:

@@ -68,7 +68,9 @@ class Group:
     datas: list[str] = field(default_factory=list)
     #: Totals of the whole group (``channels`` etc. hold the unsent batch only).
     event_count: int = 0
+    #: Source transactions in the group, and those of them with captured changes.
     transactions: int = 0
+    captured: int = 0
     skipped: int = 0
     error: str | None = None
     commit_lsn: int = 0
@@ -149,7 +151,7 @@ class LogWriter:
             "commit_lsn": format_lsn(group.commit_lsn or self.commit_lsn),
             "end_lsn": format_lsn(group.end_lsn) if group.end_lsn else None,
             "commit_time": group.commit_time,
-            "transactions": group.transactions,
+            "transactions": group.captured,
             "events": group.event_count,
             "skipped": group.skipped,
             "error": group.error,

@@ -1,0 +1,149 @@
+"""Change data capture from Django settings: ``SSERELAY["CAPTURE"]``.
+
+::
+
+    SSERELAY = {
+        "CAPTURE": {
+            "chat.Message": {
+                "channel": "room-{room_id}",      # a channel, or a template of field names
+                "fields": ["id", "room", "text"],  # optional: only these (default: all)
+                "events": ["insert"],              # optional: insert, update, delete, truncate
+                "where": "text <> ''",             # optional: SQL on the table's columns
+                "event_prefix": "message",         # optional: default the table's name
+            },
+        },
+    }
+
+Models are named by their label (``app_label.ModelName``); fields by name (``room``
+or ``room_id`` for a foreign key, ``pk`` for the primary key), which become their columns. ``manage.py check``
+checks all of it without a database (``sserelay.E010``); ``manage.py sserelay_capture``
+installs it (:func:`apply`), and ``manage.py sserelay_capture --run`` runs a capturer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.apps import apps
+from django.core import checks
+from django.core.exceptions import FieldDoesNotExist
+from psycopg import sql
+
+from ...capture.rules import DEFAULT_EVENTS, Rule, check_event_prefix, check_events
+from ...capture.template import Template
+from ...errors import ConfigError
+from . import conf
+
+KEYS = frozenset({"channel", "fields", "events", "where", "event_prefix"})
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCapture:
+    """One model's capture, in the database's terms (table and column names)."""
+
+    label: str
+    table: str
+    channel: str
+    columns: tuple[str, ...] | None
+    events: frozenset[str]
+    where: str | None
+    event_prefix: str | None
+
+
+def _column(model: Any, name: str, label: str) -> str:
+    try:
+        field = model._meta.pk if name == "pk" else model._meta.get_field(name)
+    except FieldDoesNotExist:
+        raise ConfigError(
+            f"SSERELAY['CAPTURE'][{label!r}]: {label} has no field {name!r}"
+        ) from None
+    column = getattr(field, "column", None)
+    if not column:
+        raise ConfigError(f"SSERELAY['CAPTURE'][{label!r}]: field {name!r} has no column")
+    return str(column)
+
+
+def _spec(label: str, entry: Any) -> ModelCapture:
+    where = f"SSERELAY['CAPTURE'][{label!r}]"
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where} must be a dict with at least a 'channel'")
+    unknown = sorted(set(entry) - KEYS)
+    if unknown:
+        raise ConfigError(f"{where} has unknown keys {unknown}; known: {sorted(KEYS)}")
+    try:
+        model = apps.get_model(label)
+    except (LookupError, ValueError):
+        raise ConfigError(f"{where}: no model {label!r} (app_label.ModelName)") from None
+    if "channel" not in entry:
+        raise ConfigError(f"{where} needs a 'channel'")
+    template = Template.parse(entry["channel"])
+    columns = {f: _column(model, f, label) for f in template.fields}
+    fields = entry.get("fields")
+    if fields is not None and (isinstance(fields, str) or not fields):
+        raise ConfigError(f"{where}['fields'] must be a non-empty list of field names")
+    prefix = entry.get("event_prefix")
+    row_filter = entry.get("where")
+    if row_filter is not None and not isinstance(row_filter, str):
+        raise ConfigError(f"{where}['where'] must be an SQL expression (a string)")
+    meta = model._meta
+    table = sql.Identifier(meta.db_table).as_string(None)
+    return ModelCapture(
+        label=label,
+        table=table,
+        channel=template.rename(columns).text,
+        columns=None if fields is None else tuple(_column(model, f, label) for f in fields),
+        events=check_events(entry.get("events", DEFAULT_EVENTS)),
+        where=row_filter,
+        event_prefix=None if prefix is None else check_event_prefix(prefix),
+    )
+
+
+def configured() -> list[ModelCapture]:
+    """``SSERELAY["CAPTURE"]`` checked and resolved to tables and columns."""
+    value = conf.get("CAPTURE")
+    if value is None:
+        return []
+    if not isinstance(value, Mapping):
+        raise ConfigError("SSERELAY['CAPTURE'] must be a dict of model label -> options")
+    return [_spec(label, entry) for label, entry in value.items()]
+
+
+def check_capture(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """``sserelay.E010``: ``SSERELAY["CAPTURE"]`` names a model, field or option wrongly."""
+    try:
+        configured()
+    except ConfigError as exc:
+        return [checks.Error(str(exc), hint="see docs/capture.md, Django", id="sserelay.E010")]
+    return []
+
+
+def apply(conn: Any, *, remove_others: bool = False) -> tuple[list[Rule], list[str]]:
+    """Install capture and a rule per configured model through ``conn`` (an autocommit
+    psycopg connection); with ``remove_others``, drop rules of tables not configured.
+    Returns the rules installed and the tables no longer captured."""
+    from ...capture import rules as capture_rules
+    from ...capture import slot as capture_slot
+
+    wanted = configured()
+    capture_slot.install(conn)
+    installed = [
+        capture_rules.add(
+            conn,
+            spec.table,
+            spec.channel,
+            columns=spec.columns,
+            row_filter=spec.where,
+            events=spec.events,
+            event_prefix=spec.event_prefix,
+        )
+        for spec in wanted
+    ]
+    removed: list[str] = []
+    if remove_others:
+        keep = {rule.relid for rule in installed}
+        for rule in capture_rules.load_rules(conn):
+            if rule.relid not in keep and capture_rules.remove(conn, rule.relid):
+                removed.append(rule.name)
+    return installed, removed
