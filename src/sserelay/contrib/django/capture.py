@@ -14,10 +14,11 @@
         },
     }
 
-Models are named by their label (``app_label.ModelName``); fields by name (``room``
-or ``room_id`` for a foreign key, ``pk`` for the primary key), which become their columns. ``manage.py check``
-checks all of it without a database (``sserelay.E010``); ``manage.py sserelay_capture``
-installs it (:func:`apply`), and ``manage.py sserelay_capture --run`` runs a capturer.
+Models are named by their label (``app_label.ModelName``); fields by name (``room``,
+``room_id`` for a foreign key, ``pk`` for the primary key), which become their columns.
+``manage.py check`` checks all of it without a database (``sserelay.E010``);
+``manage.py sserelay_capture`` installs it (:func:`apply`), and
+``manage.py sserelay_capture --run`` runs a capturer.
 """
 
 from __future__ import annotations
