@@ -131,7 +131,7 @@ def test_truncate_and_message() -> None:
         (b"B\x00", "Begin message of 2 bytes: truncated (final LSN) at byte 1"),
         (b"I\x00\x00\x00\x01X", "expected 'N' before the new tuple"),
         (b"I\x00\x00\x00\x01N\xff\xff", "negative column count -1"),
-        (b"I\x00\x00\x00\x01N\x00\x01t\x00\x00\x00\x09ab", "text value length 9 past the end"),
+        (b"I\x00\x00\x00\x01N\x00\x01t\x00\x00\x00\x09ab", "value length 9 past the end"),
         (b"I\x00\x00\x00\x01N\x00\x01q", "unknown column kind b'q'"),
         (b"I\x00\x00\x00\x01N\x00\x01t\x00\x00\x00\x01\xff", "text value is not UTF-8"),
         (b"I\x00\x00\x00\x01N\x00\x00!", "1 bytes left over"),

@@ -71,7 +71,7 @@ class Consumer:
         stream: ReplicationStream,
         writer: LogWriter,
         rules: dict[int, Rule],
-        tuning: CaptureOptions,
+        options: CaptureOptions,
         counters: Counters,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -79,7 +79,7 @@ class Consumer:
         self.stream = stream
         self.writer = writer
         self.rules = rules
-        self.tuning = tuning
+        self.options = options
         self.counters = counters
         self.clock = clock
         self.relations: dict[int, Relation] = {}
@@ -103,9 +103,9 @@ class Consumer:
             if message is None:
                 if self.txn is None and self.group.has_work:
                     await self._commit_group()
-                if self.clock() - self._last_status >= self.tuning.status_interval:
+                if self.clock() - self._last_status >= self.options.status_interval:
                     await self._send_status()
-                message = await self.stream.read(self.tuning.status_interval / 2)
+                message = await self.stream.read(self.options.status_interval / 2)
                 if message is None:
                     continue
             if isinstance(message, Keepalive):
@@ -126,12 +126,14 @@ class Consumer:
 
     async def _data(self, message: XLogData) -> None:
         change = decode(message.payload)
-        if isinstance(change, Insert | Update | Delete):
-            if change.relation_oid == self.control_oid:
-                self._rule_change(change)
+        kind = type(change)
+        if kind is Insert or kind is Update or kind is Delete:
+            row: Insert | Update | Delete = change  # type: ignore[assignment]  # checked above
+            if row.relation_oid == self.control_oid:
+                self._rule_change(row)
             elif not self.skip:
-                self._row(change)
-                if self.group.pending >= self.tuning.batch_events:
+                self._row(row)
+                if self.group.pending >= self.options.batch_events:
                     await self.writer.flush(self.group)
         elif isinstance(change, Begin):
             self._begin(change)
@@ -172,15 +174,15 @@ class Consumer:
         group.end_lsn = commit.end_lsn
         group.commit_time = commit.commit_time
         if (
-            group.event_count >= self.tuning.group_events
-            or self.clock() - group.started >= self.tuning.group_delay
+            group.event_count >= self.options.group_events
+            or self.clock() - group.started >= self.options.group_delay
         ):
             await self._commit_group()
 
     async def _commit_group(self) -> None:
         group = self.group
         if group.needs_write:
-            await self.writer.commit(group, self.tuning.heartbeat_interval)
+            await self.writer.commit(group, self.options.heartbeat_interval)
         c = self.counters
         c.transactions += group.captured
         c.events += group.event_count

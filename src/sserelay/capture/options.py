@@ -27,7 +27,7 @@ class CaptureOptions:
     #: A log transaction takes more source transactions while fewer events than this...
     group_events: int = 5000
     #: ... and while it is younger than this many seconds (and more is ready at once).
-    group_delay: float = 0.05
+    group_delay: float = 0.01
     application_name: str = "sserelay-capture"
 
     def __post_init__(self) -> None:

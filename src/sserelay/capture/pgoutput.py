@@ -247,30 +247,49 @@ def _text(reader: _Reader, raw: bytes, what: str) -> str:
         raise reader.fail(f"{what} is not UTF-8") from None
 
 
+_unpack_i32 = _I32.unpack_from
+
+
 def _tuple(r: _Reader) -> Tuple:
+    """TupleData. The hot loop of capture (once per column of every row): locals only."""
     count = r.int16("column count")
     if count < 0:
         raise r.fail(f"negative column count {count}")
-    values: list[Value] = []
-    append = values.append
+    values: list[Value] = [None] * count
     data = r.data
     size = len(data)
-    for _ in range(count):
-        if r.pos >= size:
+    pos = r.pos
+    for i in range(count):
+        if pos >= size:
+            r.pos = pos
             raise r.fail("truncated (column kind)")
-        kind = data[r.pos]
-        r.pos += 1
-        if kind == 0x74:  # 't': text
-            append(_text(r, r.counted("text value"), "text value"))
-        elif kind == 0x6E:  # 'n': NULL
-            append(None)
+        kind = data[pos]
+        pos += 1
+        if kind == 0x74 or kind == 0x62:  # 't' text, 'b' binary: Int32 length, bytes
+            if pos + 4 > size:
+                r.pos = pos
+                raise r.fail("truncated (value length)")
+            (length,) = _unpack_i32(data, pos)
+            pos += 4
+            end = pos + length
+            if length < 0 or end > size:
+                r.pos = pos
+                raise r.fail(f"value length {length} past the end")
+            if kind == 0x74:
+                try:
+                    values[i] = data[pos:end].decode()
+                except UnicodeDecodeError:
+                    r.pos = pos
+                    raise r.fail("text value is not UTF-8") from None
+            else:
+                values[i] = data[pos:end]
+            pos = end
         elif kind == 0x75:  # 'u': unchanged TOASTed value
-            append(UNCHANGED)
-        elif kind == 0x62:  # 'b': binary
-            append(bytes(r.counted("binary value")))
-        else:
-            r.pos -= 1
+            values[i] = UNCHANGED
+        elif kind != 0x6E:  # 'n' is NULL, already there
+            r.pos = pos - 1
             raise r.fail(f"unknown column kind {bytes([kind])!r}")
+    r.pos = pos
     return tuple(values)
 
 

@@ -1,12 +1,13 @@
 """Writing captured events into the durable log, exactly once.
 
-Events go in through the SQL function ``sserelay.capture_write`` (which calls
-``sserelay.publish`` for each, in order), in *log transactions* on a connection of the
-writer's own. A log transaction holds the events of one or more whole source
-transactions, and ends by moving ``sserelay.capture_state.commit_lsn`` from the value
-the writer last saw to the last source transaction's commit LSN: a compare-and-set, so
-two writers that somehow both ran could never both log the same transaction (the second
-finds the row changed, rolls back, and starts over from what the row says).
+Events go in through the SQL function ``sserelay.capture_write``, which logs and notifies
+a batch exactly as ``sserelay.publish`` would each event, in order. They go in *log
+transactions* on a connection of the writer's own. A log transaction holds the events of
+one or more whole source transactions, and ends by moving
+``sserelay.capture_state.commit_lsn`` from the value the writer last saw to the last
+source transaction's commit LSN: a compare-and-set, so two writers that somehow both ran
+could never both log the same transaction (the second finds the row changed, rolls back,
+and starts over from what the row says).
 
 Only after that commit does the capturer confirm the slot. A crash before the commit
 loses the log transaction and the confirmation both: the server sends the source
@@ -17,8 +18,10 @@ at or below ``commit_lsn``. Either way each change is logged once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,25 +34,13 @@ from .errors import Conflict, NotInstalled, translated
 from .pgoutput import format_lsn, parse_lsn
 from .rules import Rule
 
-WRITE_SQL = "SELECT sserelay.capture_write(%s::text[], %s::text[], %s::text[])"
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+WRITE_SQL = "SELECT sserelay.capture_write(%s::json)"
 STATE_SQL = "SELECT slot_name, commit_lsn::text FROM sserelay.capture_state"
-COMMIT_SQL = """
-UPDATE sserelay.capture_state SET
-    commit_lsn = %(commit_lsn)s::pg_lsn,
-    end_lsn = coalesce(%(end_lsn)s::pg_lsn, end_lsn),
-    commit_time = coalesce(%(commit_time)s, commit_time),
-    captured_at = CASE WHEN %(transactions)s > 0 THEN now() ELSE captured_at END,
-    transactions = transactions + %(transactions)s,
-    events = events + %(events)s,
-    rows_skipped = rows_skipped + %(skipped)s,
-    last_error = coalesce(%(error)s, last_error),
-    last_error_at = CASE WHEN %(error)s::text IS NULL THEN last_error_at ELSE now() END,
-    heartbeat_at = coalesce(%(heartbeat)s, heartbeat_at),
-    heartbeat_seen_at = CASE WHEN %(heartbeat)s::timestamptz IS NULL THEN heartbeat_seen_at
-                             ELSE now() END,
-    heartbeat_interval = coalesce(%(interval)s, heartbeat_interval)
-WHERE commit_lsn = %(expected)s::pg_lsn
-"""
+ADVANCE_SQL = (
+    "SELECT sserelay.capture_advance(%s::pg_lsn, %s::pg_lsn, %s::pg_lsn, %s, %s, %s, %s, %s, %s,"
+    " %s)"
+)
 LOST_SQL = """
 UPDATE sserelay.capture_state SET lost_at = now(), lost_reason = %s
 WHERE lost_at IS NULL RETURNING slot_name
@@ -107,6 +98,8 @@ class LogWriter:
         #: ``capture_state.commit_lsn`` as last read or written by us.
         self.commit_lsn = 0
         self.slot = ""
+        #: The batch the server is writing while the consumer decodes the next one.
+        self._inflight: asyncio.Task[None] | None = None
 
     @classmethod
     async def connect(cls, dsn: str, *, application_name: str) -> LogWriter:
@@ -135,41 +128,72 @@ class LogWriter:
         return self.slot
 
     async def flush(self, group: Group) -> None:
-        """Send the group's pending events (opening its transaction if need be)."""
-        if not group.pending:
+        """Send the group's pending events (opening its transaction if need be). The
+        statement runs while the caller goes on: the next flush, or the commit, waits
+        for it (one batch in flight at most, so memory stays bounded)."""
+        batch = self._batch(group)
+        if batch is None:
             return
-        with translated("writing events"):
-            await self.conn.execute(WRITE_SQL, (group.channels, group.events, group.datas))
+        await self.settle()
+        self._inflight = asyncio.create_task(self._write(batch))
+
+    def _batch(self, group: Group) -> str | None:
+        """The group's pending events as ``capture_write``'s JSON (taking them out)."""
+        if not group.pending:
+            return None
+        batch = _dumps(list(zip(group.channels, group.events, group.datas, strict=True)))
         group.open = True
         group.channels, group.events, group.datas = [], [], []
+        return batch
+
+    async def _write(self, batch: str) -> None:
+        with translated("writing events"):
+            await self.conn.execute(WRITE_SQL, (batch,))
+
+    async def settle(self) -> None:
+        """Wait for the batch in flight; raise what it raised."""
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            await task
 
     async def commit(self, group: Group, heartbeat_interval: float | None) -> None:
-        """Write what is left, move ``commit_lsn`` and commit; :class:`Conflict` if another
-        writer moved it first (then nothing of the group is logged)."""
-        await self.flush(group)
-        params = {
-            "commit_lsn": format_lsn(group.commit_lsn or self.commit_lsn),
-            "end_lsn": format_lsn(group.end_lsn) if group.end_lsn else None,
-            "commit_time": group.commit_time,
-            "transactions": group.captured,
-            "events": group.event_count,
-            "skipped": group.skipped,
-            "error": group.error,
-            "heartbeat": group.heartbeat,
-            "interval": heartbeat_interval,
-            "expected": format_lsn(self.commit_lsn),
-        }
+        """Write what is left, move ``commit_lsn`` and commit, in one round trip;
+        :class:`Conflict` if another writer moved it first (then nothing of the group
+        is logged)."""
+        batch = self._batch(group)
+        await self.settle()
+        params = (
+            format_lsn(self.commit_lsn),
+            format_lsn(group.commit_lsn or self.commit_lsn),
+            format_lsn(group.end_lsn) if group.end_lsn else None,
+            group.commit_time,
+            group.captured,
+            group.event_count,
+            group.skipped,
+            group.error,
+            group.heartbeat,
+            heartbeat_interval,
+        )
         with translated("committing events"):
-            cursor = await self.conn.execute(COMMIT_SQL, params)
-            if cursor.rowcount != 1:
-                await self.conn.rollback()
-                raise Conflict("capture_state.commit_lsn changed under this capturer")
-            await self.conn.commit()
+            try:
+                async with self.conn.pipeline():
+                    if batch is not None:
+                        await self.conn.execute(WRITE_SQL, (batch,))
+                    await self.conn.execute(ADVANCE_SQL, params)
+                    await self.conn.commit()
+            except psycopg.errors.SerializationFailure:
+                await self.rollback()
+                raise Conflict("capture_state.commit_lsn changed under this capturer") from None
         if group.commit_lsn:
             self.commit_lsn = group.commit_lsn
 
+    async def rollback(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            await self.conn.rollback()
+
     async def channels_matching(self, pattern: str) -> list[str]:
         """The channels in the log that match a template's pattern (in the open group)."""
+        await self.settle()
         with translated("listing channels"):
             cursor = await self.conn.execute(CHANNELS_SQL, (pattern,))
             return sorted(r[0] for r in await cursor.fetchall())
@@ -198,6 +222,11 @@ class LogWriter:
         return sorted(channels)
 
     async def close(self) -> None:
+        if self._inflight is not None:
+            self._inflight.cancel()
+            with contextlib.suppress(BaseException):
+                await self._inflight
+            self._inflight = None
         # closing a broken connection: nothing left to lose
         with contextlib.suppress(Exception):
             await self.conn.close()
