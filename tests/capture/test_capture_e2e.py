@@ -14,7 +14,7 @@ import pytest
 from capture_helpers import execute, psql, running_capturer
 
 from sserelay.capture import rules
-from sserelay.capture.pgoutput import parse_lsn
+from sserelay.capture.lsn import parse_lsn
 from sserelay.errors import ConfigError
 from sserelay.relay import Relay
 from sserelay.testing import SseClient, running_relay, showing_frames, wait_until

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sserelay.capture.lsn import format_lsn, parse_lsn
 from sserelay.capture.pgoutput import (
     UNCHANGED,
     Begin,
@@ -25,8 +26,6 @@ from sserelay.capture.pgoutput import (
     Type,
     Update,
     decode,
-    format_lsn,
-    parse_lsn,
 )
 from sserelay.capture.stream import Keepalive, XLogData, parse_copy_data, status_update
 

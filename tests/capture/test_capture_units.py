@@ -8,7 +8,8 @@ import pytest
 
 from sserelay.capture.changes import TableCodec, encode_value, tail
 from sserelay.capture.pgoutput import UNCHANGED, Column, Delete, Insert, Relation, Update
-from sserelay.capture.rules import PUBLICATIONS, Rule, TableInfo, check_rule, publication_for
+from sserelay.capture.rules import PUBLICATIONS, Rule, publication_for
+from sserelay.capture.tables import TableInfo, check_rule
 from sserelay.capture.template import RouteError, Template
 from sserelay.errors import ConfigError
 

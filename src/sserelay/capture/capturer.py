@@ -26,8 +26,9 @@ from ..errors import BrokerUnavailable
 from .consumer import Consumer, Counters
 from .errors import Conflict, DatabaseRefused, NotInstalled, translated
 from .leader import LockConnection
+from .lsn import format_lsn
 from .options import CaptureOptions
-from .pgoutput import DecodeError, format_lsn
+from .pgoutput import DecodeError
 from .rules import PUBLICATIONS, Rule, aload_rules
 from .status import SlotStatus, lag_seconds
 from .stream import ReplicationStream, SlotBusy, SlotInvalidated, SlotMissing, StreamError

@@ -163,7 +163,6 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ..cli import run_async
     from .capturer import Capturer
     from .options import CaptureOptions
 
@@ -183,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             await task
         return 0
 
-    return run_async(main)
+    return asyncio.run(main())
 
 
 def add_capture_parser(subparsers: Any) -> None:

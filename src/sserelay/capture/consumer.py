@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .changes import CapturedEvent, TableCodec, tail, truncate_data
+from .lsn import format_lsn
 from .options import CaptureOptions
 from .pgoutput import (
     Begin,
@@ -35,7 +36,6 @@ from .pgoutput import (
     Truncate,
     Update,
     decode,
-    format_lsn,
 )
 from .rules import RULES_TABLE, Rule
 from .stream import Keepalive, ReplicationStream, XLogData

@@ -16,6 +16,7 @@ every length against them, and so never loops longer than the input nor reads pa
 from __future__ import annotations
 
 import datetime
+import enum
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,22 +32,14 @@ class DecodeError(SseRelayError):
     """A ``pgoutput`` message that does not follow the protocol."""
 
 
-class _Unchanged:
+class _Unchanged(enum.Enum):
     """The value of a TOASTed column an UPDATE did not change (not sent by the server)."""
 
-    _instance: _Unchanged | None = None
-
-    def __new__(cls) -> _Unchanged:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "UNCHANGED"
+    UNCHANGED = "UNCHANGED"
 
 
 #: A column value the server did not send: stored out of line and unchanged by the UPDATE.
-UNCHANGED: Final = _Unchanged()
+UNCHANGED: Final = _Unchanged.UNCHANGED
 
 #: One column of a tuple: NULL, unchanged TOAST, text, or (binary format) bytes.
 Value = str | bytes | _Unchanged | None
@@ -149,7 +142,6 @@ PgOutputMessage = (
 )
 
 _I8 = struct.Struct(">b")
-_U8 = struct.Struct(">B")
 _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
 _U32 = struct.Struct(">I")
@@ -404,22 +396,3 @@ def decode(payload: bytes) -> PgOutputMessage:
     message = decoder(reader)
     reader.end()
     return message
-
-
-def format_lsn(lsn: int) -> str:
-    """``0/16B3748``: PostgreSQL's spelling of an LSN."""
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
-def parse_lsn(text: str) -> int:
-    """The inverse of :func:`format_lsn`."""
-    high, sep, low = text.partition("/")
-    try:
-        if not sep:
-            raise ValueError(text)
-        value = (int(high, 16) << 32) | int(low, 16)
-    except ValueError:
-        raise DecodeError(f"{text!r} is not an LSN like 0/16B3748") from None
-    if not 0 <= value < 2**64 or int(low, 16) >= 2**32:
-        raise DecodeError(f"{text!r} is not an LSN like 0/16B3748")
-    return value

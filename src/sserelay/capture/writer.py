@@ -31,7 +31,7 @@ import psycopg
 from ..errors import BrokerUnavailable
 from .changes import CapturedEvent, missed_event
 from .errors import Conflict, NotInstalled, translated
-from .pgoutput import format_lsn, parse_lsn
+from .lsn import format_lsn, parse_lsn
 from .rules import Rule
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
