@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -295,3 +296,33 @@ async def test_capture_add_takes_effect_at_its_commit(capture_dsn: str) -> None:
             "SELECT channel, data::json->'new' FROM sserelay.events ORDER BY channel"
         )
         assert rows.fetchall() == [("a", {"id": 1}), ("b", {"id": 2})]
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.timeout(300)
+async def test_a_100000_row_transaction_is_captured_in_bounded_memory(capture_dsn: str) -> None:
+    """100,000 rows (about 25 MB of event data) in one source transaction: written in
+    batches while the transaction streams in, into one log transaction."""
+    execute(capture_dsn, "CREATE TABLE big (id int PRIMARY KEY, payload text)")
+    add_rule(capture_dsn, "big", "big", events=["insert"])
+    async with running_capturer(capture_dsn) as capturer:
+        base = peak = _rss()
+        execute(
+            capture_dsn,
+            "INSERT INTO big SELECT g, repeat(md5(g::text), 5) FROM generate_series(1, 100000) g",
+        )
+        async with asyncio.timeout(240):  # sampling memory until then
+            while capturer.counters.events < 100_000:
+                peak = max(peak, _rss())
+                await asyncio.sleep(0.05)
+        print(f"memory grew by {(peak - base) / 2**20:.1f} MB")
+    assert peak - base < 40 * 2**20, f"grew by {(peak - base) / 2**20:.0f} MB"
+    with psycopg.connect(capture_dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*), count(DISTINCT created_at), min(id), max(id) FROM sserelay.events"
+        ).fetchone()
+    assert row == (100_000, 1, 1, 100_000)  # one log transaction, ids 1..100000
