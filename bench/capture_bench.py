@@ -12,9 +12,13 @@ same relay process (``sserelay serve --capture``) and the same client:
 Throughput: ``--writers`` connections (default: 1, then 8) each commit ``--txns``
 transactions of ``--rows`` rows as fast as they can; the rate is all rows divided by the
 time from the first commit to the client reading the last event (so a path that
-falls behind its writers pays for the backlog). Latency: ``--rate`` rows a second
-(1 row per transaction, spread over 4 writers) for ``--seconds``; each row's latency is
-from its COMMIT returning to the client reading its event; p50/p99 over all rows.
+falls behind its writers pays for the backlog). Latency: ``--rate`` rows a second (1 row
+per transaction, spread over ``--latency-writers``, default 8) for ``--seconds``; each
+row's latency is from its COMMIT returning to the client reading its event; p50/p99 over
+all rows.
+
+Capacity (``capture`` mode): ``--total`` rows committed while nobody captures, then an
+in-process capturer times logging them all (decode, route, log, notify: capture alone).
 
 Every run uses a fresh table and channel. Rounds repeat all runs in a shuffled order;
 rates are medians over rounds, and ratios against the trigger path are taken per round,
@@ -209,20 +213,68 @@ def run(
     }
 
 
+# -- capacity: a backlog, captured into the log -------------------------------------------------
+
+
+def drain(admin: str, total: int, rows: int) -> dict[str, Any]:
+    """Commit ``total`` rows while nobody captures, then time an in-process capturer
+    logging them all: what capture alone can do (decode, route, log and notify), with no
+    writer and no relay competing for the machine."""
+    import asyncio
+
+    from sserelay.capture import Capturer
+    from sserelay.testing import wait_until
+
+    with capture_database(admin) as db:
+        prepare(db, "capture", "backlog", "backlog")
+        with psycopg.connect(db) as conn:
+            for first in range(1, total + 1, rows):
+                conn.execute(
+                    "INSERT INTO backlog SELECT g, g %% 7, %s FROM generate_series(%s, %s) g",
+                    (PAYLOAD, first, min(first + rows, total + 1) - 1),
+                )
+                conn.commit()
+
+        async def capture() -> float:
+            capturer = Capturer(db)
+            task = asyncio.create_task(capturer.run())
+            try:
+                await wait_until(lambda: capturer.streaming, timeout=60)
+                started = time.monotonic()
+                await wait_until(lambda: capturer.counters.events >= total, timeout=600)
+                return time.monotonic() - started
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+        seconds = asyncio.run(capture())
+    return {"mode": "drain", "rows": total, "rows_per_txn": rows, "seconds": seconds,
+            "rows_per_s": total / seconds}  # fmt: skip
+
+
 # -- the relay and the database ---------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def relay(dsn: str, log: Path) -> Iterator[int]:
-    """``sserelay serve --capture`` in a process of its own; yields its port."""
+def relay(dsn: str, log: Path, *, split: bool = False) -> Iterator[int]:
+    """``sserelay serve --capture`` in a process of its own; yields its port. ``split``:
+    ``sserelay serve`` and ``sserelay capture run`` in two processes instead."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SSERELAY_", "DATABASE_URL"))}
     env["PYTHONPATH"] = str(BENCH.parent / "src")
     with log.open("ab") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, *_profiler(), "-m", "sserelay", "serve", "--capture", "--dsn", dsn,
+            [sys.executable, *_profiler(), "-m", "sserelay", "serve",
+             *([] if split else ["--capture"]), "--dsn", dsn,
              "--port", "0", "--heartbeat", "30", "--max-streams", "100"],
             stdout=subprocess.PIPE, stderr=stderr, env=env,
         )  # fmt: skip
+        capturer = None
+        if split:
+            capturer = subprocess.Popen(
+                [sys.executable, "-m", "sserelay", "capture", "run", "--dsn", dsn],
+                stdout=subprocess.DEVNULL, stderr=stderr, env=env,
+            )  # fmt: skip
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode()
@@ -231,8 +283,10 @@ def relay(dsn: str, log: Path) -> Iterator[int]:
             raise SystemExit(f"the relay did not start: {line!r}; see {log}")
         yield int(match[1])
     finally:
-        proc.terminate()
-        proc.wait(15)
+        for child in (proc, capturer):
+            if child is not None:
+                child.terminate()
+                child.wait(15)
 
 
 def _profiler() -> list[str]:
@@ -305,8 +359,13 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=40_000, help="rows per throughput run")
     parser.add_argument("--rate", type=float, default=1000.0, help="latency run: rows/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="latency run: length")
+    parser.add_argument("--latency-writers", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--no-drain", action="store_true", help="skip the capacity runs")
+    parser.add_argument(
+        "--split", action="store_true", help="capture in its own process (`sserelay capture run`)"
+    )
     args = parser.parse_args()
     modes = args.modes.split(",")
     RESULTS.mkdir(exist_ok=True)
@@ -316,15 +375,22 @@ def main() -> None:
         db = stack.enter_context(capture_database(admin))
         with psycopg.connect(db, autocommit=True) as conn:
             capture_slot.install(conn)
-        port = stack.enter_context(relay(db, RESULTS / f"capture-{stamp}-relay.log"))
+        log = RESULTS / f"capture-{stamp}-relay.log"
+        port = stack.enter_context(relay(db, log, split=args.split))
         wait_streaming(db)
         shapes: list[tuple[int, int, int, float | None]] = [
             (int(w), args.total, args.rows, None) for w in args.writers.split(",")
         ]
         if not args.no_latency:
-            shapes.append((4, int(args.rate * args.seconds), 1, args.rate))
+            shapes.append((args.latency_writers, int(args.rate * args.seconds), 1, args.rate))
         results = []
+        drains = []
         for n in range(args.repeats):
+            if not args.no_drain and "capture" in modes:
+                result = drain(admin, args.total, args.rows)
+                result.update(round=n, loadavg=loadavg())
+                print(json.dumps(result), flush=True)
+                drains.append(result)
             plan = [(shape, mode) for shape in shapes for mode in modes]
             random.shuffle(plan)
             for (writers, total, rows, rate), mode in plan:
@@ -344,8 +410,16 @@ def main() -> None:
             f" {s['end_to_end_rows_per_s']:>11.0f} {s['writer_rows_per_s']:>13.0f}"
             f" {s['p50_ms']:>7.1f} {s['p99_ms']:>7.1f} {ratio:>10}"
         )
+    if drains:
+        rates = [d["rows_per_s"] for d in drains]
+        print(
+            f"\ncapture capacity (a backlog of {args.total} rows in {args.rows}-row transactions"
+            f" into the log): median {statistics.median(rates):.0f} rows/s"
+            f" (runs: {', '.join(f'{r:.0f}' for r in rates)})"
+        )
     out = RESULTS / f"capture-{stamp}.json"
-    out.write_text(json.dumps({"args": vars(args), "runs": results, "summary": summary}, indent=1))
+    everything = {"args": vars(args), "runs": results, "drains": drains, "summary": summary}
+    out.write_text(json.dumps(everything, indent=1))
     print(f"\nwritten to {out}")
 
 
