@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings as django_settings
 from django.core import checks
 from django.core.exceptions import FieldDoesNotExist
 from psycopg import sql
@@ -113,6 +114,8 @@ def configured() -> list[ModelCapture]:
 
 def check_capture(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """``sserelay.E010``: ``SSERELAY["CAPTURE"]`` names a model, field or option wrongly."""
+    if not isinstance(getattr(django_settings, "SSERELAY", None), Mapping | None):
+        return []  # sserelay.E001 says so
     try:
         configured()
     except ConfigError as exc:
