@@ -326,3 +326,25 @@ async def test_a_100000_row_transaction_is_captured_in_bounded_memory(capture_ds
             "SELECT count(*), count(DISTINCT created_at), min(id), max(id) FROM sserelay.events"
         ).fetchone()
     assert row == (100_000, 1, 1, 100_000)  # one log transaction, ids 1..100000
+
+
+async def test_a_dropped_slot_is_reported_and_recreated_on_request(capture_dsn: str) -> None:
+    from sserelay.capture import slot as capture_slot
+
+    execute(capture_dsn, "CREATE TABLE t (id int PRIMARY KEY)")
+    add_rule(capture_dsn, "t", "gone")
+    with psycopg.connect(capture_dsn, autocommit=True) as conn:
+        name = capture_slot.configured_slot(conn)
+        assert name is not None and capture_slot.drop_slot(conn, name)
+    async with running_capturer(capture_dsn, ready=lambda c: c.role == "slot_lost") as capturer:
+        assert "does not exist" in (capturer.error or "")
+        assert not capturer.healthy and capturer.status()["role"] == "slot_lost"
+        with psycopg.connect(capture_dsn, autocommit=True) as conn:
+            missed = conn.execute("SELECT event, data FROM sserelay.events WHERE channel = 'gone'")
+            (event, data), *_ = missed.fetchall()
+            assert event == "missed" and json.loads(data)["reason"].startswith("capture slot lost")
+            assert capture_slot.reset_slot(conn) == (name, ["gone"])
+        await wait_until(lambda: capturer.streaming, timeout=30)
+        execute(capture_dsn, "INSERT INTO t VALUES (1)")
+        await wait_until(lambda: capturer.counters.events == 1, timeout=30)
+        assert capturer.healthy

@@ -216,9 +216,9 @@ class Capturer:
         """Tell the captured channels (``missed``, once), then wait for a usable slot
         (``sserelay capture reset-slot``), keeping the lock meanwhile."""
         reason = f"capture slot lost: {exc}"
+        told = await writer.mark_lost(reason, rules)
         self._set_role("slot_lost", str(exc))
         self.error = reason
-        told = await writer.mark_lost(reason, rules)
         if told is not None:
             log.error(
                 "capture: %s; sent `missed` on %d channels; run `sserelay capture reset-slot`",
@@ -229,7 +229,6 @@ class Capturer:
             self.slot_status = status = await lock.status()
             if status is None or not status.lost:
                 return
-            await lock.heartbeat()  # also probes the lock connection
             await asyncio.sleep(self.options.standby_interval * jitter.uniform(0.8, 1.2))
 
     async def _keep(self, lock: LockConnection) -> None:
@@ -255,6 +254,3 @@ async def _first_to_end(*coros: Coroutine[Any, Any, None]) -> None:
     for task in done:
         task.result()
     raise BrokerUnavailable("capture: a session task ended")
-
-
-__all__ = ["CaptureOptions", "Capturer", "DecodeError"]

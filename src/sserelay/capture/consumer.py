@@ -262,7 +262,7 @@ class Consumer:
             self.txn_rows += 1
 
     def _message(self, message: Message) -> None:
-        if message.prefix != HEARTBEAT_PREFIX:
+        if message.prefix != HEARTBEAT_PREFIX or self.skip:  # skip: recorded already
             return
         try:
             emitted = datetime.datetime.fromtimestamp(float(message.content), datetime.UTC)

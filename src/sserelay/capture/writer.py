@@ -87,7 +87,8 @@ class Group:
 
     @property
     def needs_write(self) -> bool:
-        return bool(self.event_count or self.skipped or self.heartbeat or self.error)
+        """A log transaction to commit (``open``: one was started, if only by a read)."""
+        return bool(self.open or self.event_count or self.skipped or self.heartbeat)
 
 
 class LogWriter:
