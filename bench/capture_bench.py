@@ -230,7 +230,8 @@ def drain(admin: str, total: int, rows: int) -> dict[str, Any]:
         with psycopg.connect(db) as conn:
             for first in range(1, total + 1, rows):
                 conn.execute(
-                    "INSERT INTO backlog SELECT g, g %% 7, %s FROM generate_series(%s, %s) g",
+                    "INSERT INTO backlog SELECT g, g %% 7, %s"
+                    " FROM generate_series(%s::bigint, %s::bigint) AS g",
                     (PAYLOAD, first, min(first + rows, total + 1) - 1),
                 )
                 conn.commit()
