@@ -48,6 +48,17 @@ def find_bindir() -> Path:
     return Path(pgserver._commands.POSTGRES_BIN_PATH)
 
 
+def _server_user() -> pwd.struct_passwd:
+    """Who runs the server when we are root: Debian's ``postgres``, or the user the
+    pgserver wheel makes for itself (``pgserver``)."""
+    for name in ("postgres", "pgserver"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise RuntimeError("running as root needs a 'postgres' (or 'pgserver') user to run PostgreSQL")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -65,8 +76,8 @@ class Cluster:
         self.port = free_port()
         self.user: str | None = None
         if os.geteuid() == 0:
-            self.user = "postgres"
-            entry = pwd.getpwnam(self.user)
+            entry = _server_user()
+            self.user = entry.pw_name
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
         self._run(["initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8"])
         conf = {**BASE_SETTINGS, **(settings or {})}
