@@ -53,9 +53,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from sserelay.capture import rules
-from sserelay.capture import slot as capture_slot
-from sserelay.schema import trigger_sql
+from sserelay.bus.postgres.capture import rules
+from sserelay.bus.postgres.capture import slot as capture_slot
+from sserelay.bus.postgres.schema import trigger_sql
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
@@ -222,7 +222,7 @@ def drain(admin: str, total: int, rows: int) -> dict[str, Any]:
     writer and no relay competing for the machine."""
     import asyncio
 
-    from sserelay.capture import Capturer
+    from sserelay.bus.postgres.capture import Capturer
     from sserelay.testing import wait_until
 
     with capture_database(admin) as db:

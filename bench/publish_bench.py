@@ -55,9 +55,9 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from sserelay import schema
-from sserelay.durable import PUBLISH_SQL
-from sserelay.publish import NOTIFY_SQL, encode_payload
+from sserelay.bus.postgres import schema
+from sserelay.bus.postgres.statements import PUBLISH as PUBLISH_SQL
+from sserelay.bus.publish import NOTIFY_SQL, encode_payload
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"

@@ -35,7 +35,8 @@ from typing import Any
 
 import redis
 
-from sserelay.redis_log import PUBLISH_LUA, RedisBus, stream_key
+from sserelay.bus.redis.publish import RedisBus
+from sserelay.bus.redis.scripts import PUBLISH_LUA, durable_channel, stream_key
 
 BENCH = Path(__file__).resolve().parent
 DATA = "x" * 100
@@ -140,7 +141,8 @@ def redis_benchmark(url: str, prefix: str, requests: int) -> list[dict[str, Any]
     commands = {
         "raw PUBLISH": ["PUBLISH", channel, payload],
         "durable script": [
-            *("EVALSHA", sha, "1", stream_key(prefix, "bench"), channel, DATA, "", "0", "0"),
+            *("EVALSHA", sha, "1", stream_key(prefix, "bench"), durable_channel(prefix, "bench")),
+            *(DATA, "", "0", "0"),
             "7999",
         ],
     }

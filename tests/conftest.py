@@ -19,8 +19,10 @@ import pytest
 import redis
 import redis.asyncio
 
-from sserelay import redis_log
-from sserelay.durable import apublish_durable, prune
+from sserelay import apublish_durable
+from sserelay.bus.postgres.log import prune
+from sserelay.bus.redis.publish import RedisBus as RedisPublisher
+from sserelay.bus.redis.scripts import stream_key
 from sserelay.relay import Relay
 from sserelay.testing import notify, running_relay, temporary_database
 
@@ -31,7 +33,7 @@ def dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if configured:
         yield configured
         return
-    from sserelay.embedded import start_embedded
+    from sserelay.bus.postgres.embedded import start_embedded
 
     yield start_embedded(Path(tmp_path_factory.mktemp("pg")) / "pgdata")
 
@@ -184,7 +186,7 @@ class RedisBus:
 
     @contextlib.asynccontextmanager
     async def publisher(self) -> AsyncIterator[Callable[..., Awaitable[str]]]:
-        bus = redis_log.RedisBus(self.url, prefix=self.prefix)
+        bus = RedisPublisher(self.url, prefix=self.prefix)
         try:
 
             async def send(channel: str, data: Any, event: str | None = None) -> str:
@@ -205,7 +207,7 @@ class RedisBus:
             await client.execute_command("CLIENT", "KILL", "ID", client_id)
 
     async def trim(self, channel: str, keep: int) -> None:
-        key = redis_log.stream_key(self.prefix, channel)
+        key = stream_key(self.prefix, channel)
         async with self.client() as client:
             await client.xtrim(key, maxlen=keep, approximate=False)
 

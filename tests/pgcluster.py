@@ -137,7 +137,7 @@ def capture_database(admin_dsn: str, *, install: bool = True) -> Iterator[str]:
     from psycopg import sql
     from psycopg.conninfo import make_conninfo
 
-    from sserelay.capture import slot as capture_slot
+    from sserelay.bus.postgres.capture import slot as capture_slot
 
     name = f"cap_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin_dsn, autocommit=True) as admin:

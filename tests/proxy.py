@@ -28,6 +28,9 @@ class Proxy:
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
         self.up = True
+        #: Cleared by :meth:`freeze`: bytes stop moving, connections stay open (a hung link).
+        self.flowing = asyncio.Event()
+        self.flowing.set()
         self.accepted = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -49,6 +52,13 @@ class Proxy:
     def port(self) -> int:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
+
+    def freeze(self) -> None:
+        """Stop moving bytes both ways but keep every connection open: a frozen link."""
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
 
     def cut(self) -> None:
         self.up = False
@@ -83,9 +93,9 @@ class Proxy:
             self._writers.discard(writer)
             self._tasks.discard(task)
 
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
             while data := await reader.read(65536):
+                await self.flowing.wait()
                 writer.write(data)
                 await writer.drain()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from sserelay.events import Event
-from sserelay.hub import READY
+from sserelay.core.hub import READY
 from sserelay.testing import SseClient, SseMessage, StreamClosed
+from sserelay.wire.envelope import Event
 
 
 class FakeStream:
@@ -44,6 +44,36 @@ class FakeStream:
 
     def abort(self) -> None:
         self.closed_with = b"<aborted>"
+
+    def backlog(self) -> int:
+        return 0
+
+    async def drained(self) -> None:
+        return None
+
+
+class Owner:
+    """A hub's channel owner for pure-logic tests: every channel is live at once."""
+
+    def __init__(self) -> None:
+        self.first: list[str] = []
+        self.last: list[str] = []
+        self.gone: list[FakeStream] = []
+
+    def first_member(self, channel: str) -> None:
+        self.first.append(channel)
+
+    def last_member(self, channel: str) -> None:
+        self.last.append(channel)
+
+    def is_live(self, channel: str) -> bool:
+        return True
+
+    def composite_id(self, key: tuple[str, ...]) -> str:
+        return ".".join("0" for _ in key)
+
+    def stream_gone(self, sub: object) -> None:
+        self.gone.append(sub)  # type: ignore[arg-type]  # any subscriber
 
 
 class Feed:

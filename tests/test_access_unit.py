@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from sserelay.access import StreamAccess, StreamLimits
+from sserelay.access.admission import StreamAccess
+from sserelay.access.limits import RateLimiter, StreamLimits
 from sserelay.config import Settings
-from sserelay.hub import Hub
-from sserelay.publishing import RateLimiter
-from sserelay.routes import HttpError
-from streams import FakeStream
+from sserelay.core.hub import Hub
+from sserelay.errors import HttpError
+from streams import FakeStream, Owner
 
 
 def test_limits_count_and_release() -> None:
@@ -57,7 +57,7 @@ def test_lifetime_deadline_is_jittered_down_only() -> None:
 
 
 def test_hub_ends_streams_at_their_deadline_and_forgets_early_leavers() -> None:
-    hub = Hub(heartbeat=30.0, retry_ms=1000)
+    hub = Hub(Owner(), heartbeat=30.0, retry_ms=1000)
     limits = StreamLimits(max_streams=10_000, per_client=0, per_subject=0)
     early = FakeStream("a")
     late = FakeStream("a")
@@ -77,7 +77,7 @@ def test_hub_ends_streams_at_their_deadline_and_forgets_early_leavers() -> None:
 
 
 def test_hub_deadline_heap_stays_bounded() -> None:
-    hub = Hub(heartbeat=30.0)
+    hub = Hub(Owner(), heartbeat=30.0)
     limits = StreamLimits(max_streams=100_000, per_client=0, per_subject=0)
     for n in range(5000):
         stream = FakeStream("a")

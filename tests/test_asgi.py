@@ -21,11 +21,12 @@ import pytest
 
 from fronts import Served, uvicorn_serving
 from sserelay import asgi
-from sserelay.asgi import AsgiStream, RelayApp, create_app, route_path
+from sserelay.asgi import RelayApp, create_app
+from sserelay.bus.postgres.listener import APPLICATION_NAME
 from sserelay.config import Settings
 from sserelay.errors import ConfigError
-from sserelay.events import Event
-from sserelay.postgres import APPLICATION_NAME
+from sserelay.http.asgi import route_path
+from sserelay.http.buffered import BufferedStream as AsgiStream
 from sserelay.testing import (
     RawResponse,
     SseClient,
@@ -34,6 +35,7 @@ from sserelay.testing import (
     running_relay,
     wait_until,
 )
+from sserelay.wire.envelope import Event
 
 # -- helpers -----------------------------------------------------------------------------
 
@@ -176,7 +178,7 @@ async def test_lifespan_startup_fails_with_a_one_line_reason(
 
 
 def test_public_names() -> None:
-    assert set(asgi.__all__) == {"AsgiStream", "RelayApp", "app", "create_app", "route_path"}
+    assert set(asgi.__all__) == {"RelayApp", "StopSignals", "app", "create_app"}
     assert isinstance(asgi.app, RelayApp)
 
 
@@ -440,8 +442,8 @@ async def test_healthz_and_metrics(served: Served) -> None:
     assert response.status == 200, response.raw
     assert response.headers["content-type"] == "application/json"
     assert response.headers["cache-control"] == "no-cache"
-    health = response.json()
-    assert (health["status"], health["streams"], health["broker"]) == ("ok", 0, "postgres")
+    assert response.json() == {"status": "ok"}
+    assert served.app.hub.stream_count == 0
     assert response.body.count(b"\n") == 1
 
     client = await served.open(f"/events/{unique()}")
@@ -455,7 +457,7 @@ async def test_healthz_and_metrics(served: Served) -> None:
         assert "sserelay_streams_open 1.0" in text
         assert "sserelay_listener_connected 1.0" in text
         assert 'sserelay_requests_rejected_total{status="404"} 1.0' in text
-        assert (await get(served.port, "/healthz")).json()["streams"] == 1
+        assert served.app.hub.stream_count == 1
     finally:
         await client.close()
 
@@ -542,6 +544,8 @@ async def test_lifespan_shutdown_ends_streams_with_a_jittered_retry(dsn: str) ->
             late = await get(served.port, "/events/late")
             assert (late.status, late.headers.get("retry-after")) == (503, "1"), late.raw
             assert late.json() == {"error": "relay is shutting down"}
+            script = await get(served.port, "/sserelay.js")  # static: served while closing
+            assert script.status == 200, script.raw[:300]
         finally:
             for client in clients:
                 await client.close()
@@ -682,7 +686,8 @@ async def test_mounted_in_starlette_under_a_prefix(dsn: str) -> None:
             assert (await client.next_event()).data == "mounted", client.seen
             assert (await slashed.next_event()).data == "slashed", slashed.seen
             health = await get(served.port, "/live/healthz")
-            assert health.status == 200 and health.json()["streams"] == 2
+            assert health.status == 200 and health.json() == {"status": "ok"}
+            assert relay_app.hub.stream_count == 2
             missing = await get(served.port, "/live/a/b")
             assert missing.status == 404 and "/a/b" in missing.json()["error"]
             assert (await get(served.port, "/")).body == b"home"

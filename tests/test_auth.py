@@ -24,20 +24,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sserelay import cli
-from sserelay.auth import (
-    AUDIENCE,
-    MAX_TOKEN_CHARS,
-    Access,
-    ChannelPolicy,
-    TokenVerifier,
-    load_private_key,
-    load_public_key,
-    mint_token,
-    pattern_matches,
-    policy_from_settings,
-    token_from,
-    validate_pattern,
-)
+from sserelay.access.keys import load_private_key, load_public_key
+from sserelay.access.patterns import pattern_matches, validate_pattern
+from sserelay.access.policy import ChannelPolicy, policy_from_settings, token_from
+from sserelay.access.tokens import AUDIENCE, MAX_TOKEN_CHARS, Access, TokenVerifier, mint_token
 from sserelay.config import Settings, settings_from_env
 from sserelay.errors import AuthError, ConfigError, InvalidChannel, SseRelayError
 
@@ -1010,7 +1000,7 @@ def test_token_command_with_private_key(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--jwt-secret", SECRET], "token needs at least one --channel or --publish"),
+        (["--jwt-secret", SECRET], "token needs at least one --channel, --publish or --admin"),
         (["--channel", "lobby"], "token needs a key: SSERELAY_JWT_SECRET, --jwt-secret or"),
         (["--channel", "lobby", "--jwt-secret", "short"], "secret is 5 bytes"),
         (["--channel", "", "--jwt-secret", SECRET], "channel pattern is empty"),

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from fronts import FRONTS, Front, serving
-from sserelay.auth import mint_token
+from sserelay.access.tokens import mint_token
 from sserelay.testing import notify, wait_until
 
 SECRET = "s" * 40

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from sserelay.channels import MAX_CHANNEL_BYTES, RESERVED_PREFIX, validate_channel
 from sserelay.errors import InvalidChannel, SseRelayError
+from sserelay.wire.channels import MAX_CHANNEL_BYTES, RESERVED_PREFIX, validate_channel
 
 
 @pytest.mark.parametrize(

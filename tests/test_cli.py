@@ -29,8 +29,8 @@ import pytest
 from psycopg import sql
 
 import sserelay
-from sserelay.events import event_from_notification
 from sserelay.testing import SseClient
+from sserelay.wire.envelope import event_from_notification
 
 pytestmark = pytest.mark.integration
 
@@ -268,7 +268,7 @@ def test_publish_reads_stdin(dsn: str, channel: str, listener: Listener) -> None
         (["bell\x07", "data"], "channel name contains a control character"),
         (["c", "x" * 8000], "payload is 8011 bytes; PostgreSQL NOTIFY accepts at most 7999"),
         (["c", "x", "--id", "a\nb"], "SSE id may not contain a line break"),
-        (["c", "x", "--event", "a\rb"], "an SSE event name may not contain a line break"),
+        (["c", "x", "--event", "a\rb"], "SSE event may not contain a line break"),
         (["c", "x", "--retry", "-5"], "SSE retry must be a non-negative integer"),
     ],
 )
@@ -370,6 +370,33 @@ def test_serve_bad_settings(
 def test_log_level_flag(dsn: str) -> None:
     result = run("--log-level", "shout", "listen", "x", "--dsn", dsn)
     assert_one_line_error(result, "--log-level='shout' is not a log level")
+
+
+def test_log_level_after_the_command(dsn: str) -> None:
+    """``--log-level`` is accepted after the subcommand too, as the README lists it."""
+    result = run("listen", "x", "--log-level", "shout", "--dsn", dsn)
+    assert_one_line_error(result, "--log-level='shout' is not a log level")
+    with started(["serve", "--port", "0", "--dsn", dsn, "--log-level", "DEBUG"]) as serve:
+        serve.expect(r"serving on http://127\.0\.0\.1:\d+")
+        assert serve.stop() == 0, serve.transcript()
+        assert " DEBUG " in serve.transcript(), serve.transcript()
+
+
+@pytest.mark.parametrize(
+    "command", ["serve", "publish", "listen", "migrate", "prune", "token", "demo"]
+)
+def test_every_command_has_help(command: str) -> None:
+    """Each subcommand describes itself, every argument has help text, and the
+    environment variables it reads are listed."""
+    from sserelay.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    command_parser = sub.choices[command]  # type: ignore[index]
+    assert command_parser.description, command
+    assert "environment" in (command_parser.epilog or ""), command
+    for action in command_parser._actions:
+        assert action.help, f"{command} {action.option_strings or action.dest} has no help"
 
 
 def test_serve_port_not_a_number(dsn: str) -> None:

@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from sserelay import cli
+from sserelay.cli.serve import serve_settings
 from sserelay.config import Settings
 from sserelay.errors import ConfigError
 
@@ -26,7 +27,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def settings_of(*argv: str) -> Settings:
-    return cli.serve_settings(cli.build_parser().parse_args(["serve", *argv]))
+    return serve_settings(cli.build_parser().parse_args(["serve", *argv]))
 
 
 def test_security_and_limit_flags(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -42,6 +43,10 @@ def test_security_and_limit_flags(clean_env: pytest.MonkeyPatch, tmp_path: Path)
         "--max-publish-bytes", "2048",
         "--publish-rate", "2.5",
         "--publish-burst", "7",
+        "--max-distinct-channels", "300",
+        "--max-channels-per-client", "20",
+        "--forwarded-allow-ips", "10.0.0.1, 10.0.0.2",
+        "--drain-timeout", "2.5",
     )  # fmt: skip
     expected = {
         "jwt_secret": SECRET,
@@ -54,6 +59,10 @@ def test_security_and_limit_flags(clean_env: pytest.MonkeyPatch, tmp_path: Path)
         "max_publish_bytes": 2048,
         "publish_rate": 2.5,
         "publish_burst": 7,
+        "max_distinct_channels": 300,
+        "max_channels_per_client": 20,
+        "forwarded_allow_ips": ("10.0.0.1", "10.0.0.2"),
+        "drain_timeout": 2.5,
     }
     assert {name: getattr(settings, name) for name in expected} == expected
 

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from sserelay.durable import apublish_durable
+from sserelay import apublish_durable
 from sserelay.testing import SseClient, running_relay
 
 pytestmark = pytest.mark.e2e

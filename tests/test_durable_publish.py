@@ -20,10 +20,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from sserelay import cli, durable, schema
-from sserelay.durable import apublish_durable, publish_durable
+from sserelay import apublish_durable, cli, publish_durable
+from sserelay.bus.postgres import log as durable
+from sserelay.bus.postgres import schema
+from sserelay.bus.postgres.statements import durable_channel
+from sserelay.bus.publish import apublish, publish
+from sserelay.cli.common import parse_duration
 from sserelay.errors import ConfigError, InvalidChannel, InvalidEvent, PayloadTooLarge
-from sserelay.publish import apublish, publish
 from sserelay.testing import temporary_database
 
 pytestmark = pytest.mark.integration
@@ -49,8 +52,10 @@ def channel() -> str:
 
 @contextlib.contextmanager
 def listening(db: str, channel: str) -> Iterator[psycopg.Connection[Any]]:
+    """LISTEN on ``channel`` and on the name its durable events are notified on."""
     with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        for name in (channel, durable_channel(channel)):
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
         yield conn
 
 
@@ -419,10 +424,10 @@ def test_prune_rejects_bad_arguments(db: str, kwargs: dict[str, Any]) -> None:
     ],
 )
 def test_parse_duration(text: str, expected: datetime.timedelta) -> None:
-    assert cli.parse_duration(text) == expected
+    assert parse_duration(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "0", "d", "7x", "7d x", "-1d", "1.5.2h", "inf"])
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(Exception, match="not a positive duration"):
-        cli.parse_duration(text)
+        parse_duration(text)

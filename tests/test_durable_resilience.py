@@ -32,8 +32,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from processes import relay_process
 from proxy import open_upstream
-from sserelay.durable import apublish_durable, prune
-from sserelay.postgres import APPLICATION_NAME as LISTENER_APP
+from sserelay import apublish_durable
+from sserelay.bus.postgres.listener import APPLICATION_NAME as LISTENER_APP
+from sserelay.bus.postgres.log import prune
+from sserelay.bus.postgres.statements import durable_channel as durable_name
 from sserelay.testing import (
     SseClient,
     SseMessage,
@@ -321,8 +323,8 @@ async def test_listener_and_readers_killed_repeatedly_while_publishing(
                     lambda r=round_: (
                         listener.reconnects == r
                         and listener.healthy
-                        and all(relay.hub.is_live(c) for c in channels)
-                        and not any(s.filling for s in relay.replay.states.values())
+                        and all(relay.delivery.is_live(c) for c in channels)
+                        and not any(s.filling for s in relay.delivery.states.values())
                     ),
                     timeout=30,
                     message=lambda: f"reconnects={listener.reconnects} {listener.last_error}",
@@ -334,7 +336,7 @@ async def test_listener_and_readers_killed_repeatedly_while_publishing(
         try:
             await finish(feeds, durable_dsn, publishers.published)
             assert listener.reconnects >= 1
-            assert relay.replay.filled > 0  # the gaps were filled from the log
+            assert relay.delivery.filled > 0  # the gaps were filled from the log
             assert relay.hub.stream_count == len(feeds)
             assert relay.hub.slow_dropped == 0
             assert all(f.task is not None and not f.task.done() for f in feeds)
@@ -410,7 +412,7 @@ def big_text() -> str:
 async def published_payloads(dsn: str, channel: str, datas: Sequence[str]) -> list[str]:
     """Publish ``datas`` durably and return the notification payloads PostgreSQL sent."""
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as listen:
-        await listen.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        await listen.execute(sql.SQL("LISTEN {}").format(sql.Identifier(durable_name(channel))))
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             for data in datas:
                 await apublish_durable(conn, channel, data)
@@ -444,7 +446,7 @@ async def test_one_megabyte_event_arrives_whole_in_order_live_and_replayed(
                 assert got == [(ids[0], 6), (ids[1], len(big)), (ids[2], 5)], got
                 assert [feed.events[0].data, feed.events[2].data] == ["before", "after"]
                 assert feed.events[1].data == big, "the large event's body differs"
-            assert relay.replay.filled >= 1  # the body came from the log
+            assert relay.delivery.filled >= 1  # the body came from the log
             for query, headers, first in [
                 ("", {"Last-Event-ID": "0"}, 1),
                 ("history=3", None, 1),
@@ -576,7 +578,7 @@ async def test_malformed_last_event_id_starts_from_now_and_relay_keeps_serving(
             for feed in feeds:
                 want = "4" if len(feed.channels) == 1 else "4.0"
                 assert [(e.id, e.data) for e in feed.events] == [(want, "new")], feed.frames()
-            assert relay.replay.replayed == 0
+            assert relay.delivery.replayed == 0
             # Still serving, replay included.
             health = await raw_request(HOST, relay.port, b"GET /healthz HTTP/1.1\r\n\r\n")
             assert health.status == 200, health.body
@@ -639,7 +641,7 @@ async def test_reconnect_wave_shares_reads_and_max_replay_bounds_catch_up(
         )
     headers = {"Last-Event-ID": str(start)}
     async with running_relay(durable_dsn, heartbeat=30.0) as relay:
-        reader = relay.reader
+        reader = relay.log
         clients: list[SseClient] = []
         locker = await psycopg.AsyncConnection.connect(durable_dsn)
         try:
@@ -663,7 +665,7 @@ async def test_reconnect_wave_shares_reads_and_max_replay_bounds_catch_up(
             print(f"\nreconnect wave: {reader.queries} queries, {reader.shared} shared reads")
             assert reader.queries <= 30, (reader.queries, reader.shared)
             assert reader.shared >= 3 * (clients_n - 1), (reader.queries, reader.shared)
-            assert relay.replay.replayed == clients_n * (total - start)
+            assert relay.delivery.replayed == clients_n * (total - start)
             assert relay.hub.slow_dropped == 0
             # Then live, once, for all of them.
             await apublish_durable(durable_dsn, channel, "live")
@@ -748,48 +750,78 @@ async def test_raw_notify_beside_durable_channel_on_one_stream(durable_dsn: str)
 
 
 @pytest.mark.timeout(60)
-async def test_notifications_the_log_cannot_back_are_skipped_not_read_for_ever(
+async def test_raw_text_that_looks_durable_stays_raw(durable_dsn: str) -> None:
+    """A raw NOTIFY whose text looks like a durable notification (user text forwarded as
+    is, which the README allows) is delivered as the text it is, and moves no position:
+    the durable events that follow all arrive (before schema version 3 they were dropped
+    as duplicates for every subscriber on the relay)."""
+    channel = f"a{name()}"
+    async with running_relay(durable_dsn, heartbeat=30.0) as relay:
+        for i in range(1, 4):
+            await apublish_durable(durable_dsn, channel, f"real {i}")
+        feed = Feed([channel])
+        try:
+            await feed.connect(relay.port)
+            for text in ('{"seq":4,"data":"looks durable"}', '{"seq":99,"large":true}'):
+                await notify(durable_dsn, channel, text)
+            for i in range(4, 7):
+                await apublish_durable(durable_dsn, channel, f"real {i}")
+            await wait_until(lambda: len(feed.events) >= 5, timeout=30, message=feed.frames)
+            assert [(e.id, e.data) for e in feed.events] == [
+                (None, '{"seq":4,"data":"looks durable"}'),
+                (None, '{"seq":99,"large":true}'),
+                ("4", "real 4"),
+                ("5", "real 5"),
+                ("6", "real 6"),
+            ], feed.frames()
+            assert relay.delivery.position(channel) == 6
+            assert relay.delivery.unconfirmed == 0
+        finally:
+            await feed.close()
+
+
+async def test_notifications_the_log_cannot_back_are_dropped_not_read_for_ever(
     durable_dsn: str,
 ) -> None:
-    """A raw NOTIFY that merely looks durable (``{"seq":5,...}`` on a channel with no log),
-    and a large event pruned before the relay could read its body: the relay reads the log,
-    finds nothing, confirms with a fresh read and skips ahead (delivering what the payload
-    carries), instead of querying the database in a tight loop for as long as anyone listens."""
-    lookalike, durable_channel = f"a{name()}", f"b{name()}"
+    """A notification on a channel's durable name that the log does not back (forged, or
+    from a log that was reset) is dropped and counted, and moves no position; a large
+    event pruned before the relay could read its body is reported as ``missed``. Either
+    way the relay reads the log a bounded number of times, not in a tight loop."""
+    channel = f"b{name()}"
     async with running_relay(durable_dsn, heartbeat=30.0) as relay:
-        raw_feed, durable_feed = Feed([lookalike]), Feed([durable_channel])
+        feed = Feed([channel])
         try:
-            for feed in (raw_feed, durable_feed):
-                await feed.connect(relay.port)
-            before = relay.reader.queries
-            await notify(durable_dsn, lookalike, '{"seq":5,"data":"looks durable"}')
-            await notify(durable_dsn, lookalike, "plain")
+            await feed.connect(relay.port)
+            before = relay.log.queries
+            await notify(durable_dsn, durable_name(channel), '{"seq":5,"data":"forged"}')
+            await wait_until(lambda: relay.delivery.unconfirmed == 1, timeout=30)
+            assert relay.delivery.position(channel) == 0
             async with await psycopg.AsyncConnection.connect(durable_dsn) as conn:
                 # Published and pruned in one transaction: only {"seq":1,"large":true} is left.
-                await conn.execute(
-                    "SELECT sserelay.publish(%s, %s)", (durable_channel, "x" * 10_000)
-                )
+                await conn.execute("SELECT sserelay.publish(%s, %s)", (channel, "x" * 10_000))
                 await conn.execute("SELECT sserelay.prune(NULL, 0)")
-            await wait_until(lambda: len(raw_feed.events) >= 2, timeout=30, message=raw_feed.frames)
             await wait_until(
                 lambda: (
-                    relay.replay.positions(durable_channel) == 1
-                    and not any(s.filling for s in relay.replay.states.values())
+                    relay.delivery.position(channel) == 1
+                    and not any(s.filling for s in relay.delivery.states.values())
                 ),
                 timeout=10,
-                message=lambda: f"still reading the log: {relay.reader.queries} queries",
+                message=lambda: f"still reading the log: {relay.log.queries} queries",
             )
-            await apublish_durable(durable_dsn, durable_channel, "next")
-            await wait_until(lambda: durable_feed.events, timeout=30, message=durable_feed.frames)
-            assert [(e.id, e.data) for e in raw_feed.events] == [
-                ("5", "looks durable"),
-                (None, "plain"),
-            ], raw_feed.frames()
-            assert [(e.id, e.data) for e in durable_feed.events] == [("2", "next")]
-            assert relay.reader.queries - before <= 10, relay.reader.queries - before
+            await apublish_durable(durable_dsn, channel, "next")
+            await wait_until(lambda: len(feed.events) >= 2, timeout=30, message=feed.frames)
+            missed, after = feed.events
+            assert missed.event == "missed", feed.frames()
+            assert json.loads(missed.data) == {
+                "channel": channel,
+                "after": 0,
+                "resumed_at": 1,
+                "reason": "retention",
+            }
+            assert (after.id, after.data) == ("2", "next")
+            assert relay.log.queries - before <= 10, relay.log.queries - before
         finally:
-            await raw_feed.close()
-            await durable_feed.close()
+            await feed.close()
 
 
 # -- the listener reconnects while a fill's read is in flight ------------------------------------

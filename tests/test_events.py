@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sserelay.events import ENVELOPE_KEYS, Event, event_from_notification
 from sserelay.relay import Relay
 from sserelay.testing import SseClient, notify
+from sserelay.wire.envelope import ENVELOPE_KEYS, Event, event_from_notification
 from test_sse import any_text, expected_data, field_text, parse
 
 Fields = tuple[str, str | None, str | None, int | None]  # data, event, id, retry

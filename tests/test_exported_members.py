@@ -23,6 +23,7 @@ EXPECTED = [
     "apublish",
     "apublish_durable",
     "encode_payload",
+    "mint_token",
     "publish",
     "publish_durable",
     "validate_channel",

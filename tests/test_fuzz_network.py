@@ -41,7 +41,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sserelay.auth import mint_token
+from sserelay.access.tokens import mint_token
 from sserelay.relay import Relay
 from sserelay.testing import SseClient, notify, running_relay, showing_frames
 
@@ -138,8 +138,7 @@ class RelayThread:
         assert self.thread.is_alive() and self.error is None, self.error
         relay = self.relay
         assert relay._server is not None and relay._server.is_serving()
-        for task in relay._tasks:
-            assert not task.done(), task
+        assert set(relay.tasks.running()) >= {"listener", "heartbeats"}, relay.tasks.running()
         bad = {status: n for status, n in relay.rejected.items() if status >= 500}
         assert set(bad) <= {503}, f"the relay answered with 5xx: {dict(relay.rejected)}"
         assert 500 not in relay.rejected, dict(relay.rejected)

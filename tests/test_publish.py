@@ -34,8 +34,8 @@ from sserelay import (
     encode_payload,
     publish,
 )
-from sserelay.events import event_from_notification
-from sserelay.publish import MAX_PAYLOAD_BYTES
+from sserelay.bus.publish import MAX_PAYLOAD_BYTES
+from sserelay.wire.envelope import event_from_notification
 
 pytestmark = pytest.mark.integration
 

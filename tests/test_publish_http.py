@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from fronts import FRONTS, Front, serving
-from sserelay.auth import mint_token
+from sserelay.access.tokens import mint_token
 from sserelay.testing import RawResponse, SseClient, raw_request
 
 SECRET = "p" * 40
@@ -222,6 +222,13 @@ BAD_BODIES = [
     ("deep", "[" * 100_00 + "]" * 100_00, 400, "invalid JSON"),
     ("not utf-8", b'{"channel": "a", "data": "\xff"}', 400, "not valid UTF-8"),
     ("lone surrogate", '{"channel": "a", "data": 1, "event": "\\ud800"}', 400, "surrogate"),
+    ("a field twice", '{"channel": "a", "data": 1, "channel": "b"}', 400, "'channel' given twice"),
+    (
+        "nested twice is data",
+        '{"channel": "a", "data": {"k": 1, "k": 2}, "event": 5}',
+        400,
+        "event",
+    ),
 ]
 
 

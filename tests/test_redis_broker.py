@@ -19,16 +19,20 @@ import redis.asyncio
 
 import sserelay
 from sserelay import cli
-from sserelay.auth import mint_token
+from sserelay.access.tokens import mint_token
+from sserelay.bus.redis.listener import CLIENT_NAME
+from sserelay.bus.redis.publish import RedisBus
+from sserelay.bus.redis.scripts import MAX_RAW_PAYLOAD_BYTES, stream_key
+from sserelay.cli.common import bus_settings
 from sserelay.config import Settings, load_settings, settings_from_env
 from sserelay.errors import ConfigError, InvalidChannel, PayloadTooLarge
-from sserelay.redis_broker import CLIENT_NAME
-from sserelay.redis_log import MAX_RAW_PAYLOAD_BYTES, RedisBus, entry_id, position, stream_key
 from sserelay.relay import Relay
-from sserelay.replay import parse_last_event_id
 from sserelay.testing import SseClient, raw_request, running_relay, showing_frames, wait_until
+from sserelay.wire.ids import StreamEntryIds, entry_id, parse_last_event_id
+from sserelay.wire.ids import entry_position as position
 
 HOST = "127.0.0.1"
+IDS = StreamEntryIds()
 
 
 # -- pure logic --------------------------------------------------------------------------
@@ -48,11 +52,11 @@ def test_entry_id_integers_keep_the_stream_order() -> None:
 
 
 def test_last_event_id_accepts_entry_ids_and_composites() -> None:
-    assert parse_last_event_id("1718000000000-3", ("a",)) == {"a": position("1718000000000-3")}
-    assert parse_last_event_id("5-1.0-0", ("b", "a")) == {"a": position("5-1"), "b": 0}
+    assert parse_last_event_id("1718000000000-3", ("a",), IDS) == {"a": position("1718000000000-3")}
+    assert parse_last_event_id("5-1.0-0", ("b", "a"), IDS) == {"a": position("5-1"), "b": 0}
     for bad in ["1-2-3", "-1", "1-", "x-1", f"{2**64}-0", "1-٣"]:
         with pytest.raises(ValueError):
-            parse_last_event_id(bad, ("a",))
+            parse_last_event_id(bad, ("a",), IDS)
 
 
 def test_choosing_the_bus() -> None:
@@ -87,12 +91,12 @@ def test_cli_redis_flag_means_redis_even_with_a_database_url(
 ) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql://h/db")
     args = cli.build_parser().parse_args(["publish", "--redis", "redis://h", "c", "d"])
-    assert cli._bus_settings(args).bus == "redis"
+    assert bus_settings(args).bus == "redis"
     args = cli.build_parser().parse_args(["publish", "c", "d"])
-    assert cli._bus_settings(args).bus == "postgres"
+    assert bus_settings(args).bus == "postgres"
     monkeypatch.setenv("REDIS_URL", "redis://h")
     monkeypatch.setenv("SSERELAY_BROKER", "redis")
-    assert cli._bus_settings(cli.build_parser().parse_args(["publish", "c", "d"])).bus == "redis"
+    assert bus_settings(cli.build_parser().parse_args(["publish", "c", "d"])).bus == "redis"
     assert load_settings().bus == "redis"
 
 
@@ -149,7 +153,8 @@ async def test_300_streams_share_one_connection_that_follows_subscribers(
         ours = [c for c in listed if int(c["addr"].rsplit(":", 1)[1]) in ports]
         listeners = [c for c in ours if c["name"] == CLIENT_NAME]
         assert [int(c["id"]) for c in listeners] == [relay.listener.client_id], ours
-        assert int(listeners[0]["sub"]) == 4  # three channels and its probe channel
+        # Three channels (each under its plain and its durable name) and its probe channel.
+        assert int(listeners[0]["sub"]) == 7
         assert len(ours) < 10  # the listener, a reader or two, this test's client: not 300
 
         async with redis.asyncio.Redis.from_url(redis_url) as client:
@@ -194,12 +199,10 @@ async def test_unreachable_redis_healthz_503_and_streams_wait() -> None:
         resp = await raw_request(HOST, relay.port, b"GET /healthz HTTP/1.1\r\n\r\n")
         body = resp.json()
         assert resp.status == 503, body
-        assert (body["status"], body["broker"], body["connected"]) == (
-            "unavailable",
-            "redis",
-            False,
-        )
-        assert body["last_error"]
+        assert body == {"status": "unavailable", "reason": "bus unreachable"}
+        detail = relay.health(detail=True)[1]["bus"]
+        assert (detail["broker"], detail["connected"]) == ("redis", False)
+        assert detail["last_error"]
         client = await SseClient.open(HOST, relay.port, "/events/patient")
         try:
             assert client.status == 200
@@ -225,7 +228,8 @@ async def test_probe_measures_lag_and_metrics_report_the_broker(
         assert "sserelay_listener_connected 1.0" in text
         assert "sserelay_notification_lag_seconds_count" in text
         resp = await raw_request(HOST, relay.port, b"GET /healthz HTTP/1.1\r\n\r\n")
-        assert resp.status == 200 and resp.json()["broker"] == "redis", resp.body
+        assert resp.status == 200 and resp.json() == {"status": "ok"}, resp.body
+        assert relay.health(detail=True)[1]["bus"]["broker"] == "redis"
 
 
 # -- publishing -----------------------------------------------------------------------------

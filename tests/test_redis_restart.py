@@ -29,8 +29,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
+from sserelay.bus.redis.publish import RedisBus
+from sserelay.bus.redis.scripts import stream_key
 from sserelay.errors import PublishError
-from sserelay.redis_log import RedisBus, stream_key
 from sserelay.relay import Relay
 from sserelay.testing import SseClient, raw_request, running_relay, wait_until
 from streams import Feed

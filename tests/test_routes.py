@@ -6,7 +6,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sserelay.routes import MAX_QUERY_FIELDS, Endpoint, HttpError, Route, StreamRoute, route
+from sserelay.errors import HttpError
+from sserelay.http.routes import (
+    MAX_QUERY_FIELDS,
+    AssetRoute,
+    Endpoint,
+    Route,
+    StreamRoute,
+    route,
+)
 
 
 def get(path: str, query: str = "", *, max_channels: int = 32) -> Route:
@@ -186,6 +194,19 @@ def test_query_field_limit() -> None:
     assert (error.status, error.reason) == (400, "query string has more than 256 fields")
 
 
+# -- the browser client's files -------------------------------------------------------
+
+
+def test_the_client_files() -> None:
+    assert get("/sserelay.js") == AssetRoute("sserelay.js", ())
+    classic = AssetRoute("sserelay.classic.js", (("v", "abc"),))
+    assert get("/sserelay.classic.js", "v=abc") == classic
+    assert refused("/sserelay.js", method="POST").status == 405
+    # Other "sserelay." names stay channel names, which the reserved prefix refuses.
+    assert refused("/sserelay.mjs").status == 400
+    assert refused("/events/sserelay.js").status == 400
+
+
 # -- fuzzing -------------------------------------------------------------------------
 
 _PIECES = st.sampled_from(
@@ -247,7 +268,7 @@ def test_any_request(method: str, path: str, query: str, max_channels: int) -> N
         )
         return
     assert method == "GET"
-    assert isinstance(result, StreamRoute | Endpoint)
+    assert isinstance(result, StreamRoute | Endpoint | AssetRoute)
     if isinstance(result, StreamRoute):
         assert 1 <= len(result.channels) <= max_channels
         assert len(set(result.channels)) == len(result.channels)

@@ -17,10 +17,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from sserelay import cli, schema
-from sserelay.durable import publish_durable
+from sserelay import cli, publish_durable
+from sserelay.bus.postgres import schema
+from sserelay.bus.postgres.statements import durable_channel
+from sserelay.bus.publish import publish
 from sserelay.errors import ConfigError, InvalidChannel, InvalidEvent, SchemaMissing
-from sserelay.publish import publish
 from sserelay.testing import temporary_database
 
 pytestmark = pytest.mark.integration
@@ -205,7 +206,8 @@ def test_trigger_publishes_row_changes(table: tuple[str, str]) -> None:
     channel = channel_name()
     with psycopg.connect(db, autocommit=True) as conn:
         conn.execute(schema.trigger_sql(name, channel).encode())
-        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        # Durable events are notified on the channel's durable name (schema version 3).
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(durable_channel(channel))))
         write_rows(conn, name)
         row: dict[str, Any] = {"id": 1, "name": "ann", "secret": "s3", "Odd 'col'": "x"}
         expected = [

@@ -148,7 +148,7 @@ async def test_in_process_shutdown(dsn: str) -> None:
         finally:
             await client.close()
         assert relay.hub.stream_count == 0
-        assert not relay._tasks
+        assert relay.tasks.closing and relay.tasks.jobs == 0
         with pytest.raises(OSError):
             await raw_request(HOST, port, b"GET /healthz HTTP/1.1\r\n\r\n", timeout=5)
 

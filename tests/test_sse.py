@@ -31,9 +31,9 @@ from httpx_sse import EventSource, ServerSentEvent
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sserelay import sse
 from sserelay.errors import InvalidEvent
-from sserelay.events import Event
+from sserelay.wire import sse
+from sserelay.wire.envelope import Event
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")

@@ -20,6 +20,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from sserelay import mint_token
 from sserelay.testing import SseClient, notify, raw_request
 from test_cli import started
 
@@ -61,8 +62,14 @@ async def wait_for(condition: object, what: str, timeout: float = 20.0) -> None:
         await asyncio.sleep(0.05)  # polling interval, not synchronisation
 
 
+#: A key for the relay, so that /healthz gives its details (pid, streams) to an admin token.
+SECRET = "workers-test-secret-0123456789abcdef"
+ADMIN = mint_token(SECRET, admin=True, ttl=600)
+
+
 async def health(port: int) -> dict[str, object]:
-    response = await raw_request("127.0.0.1", port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    request = f"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\r\n"
+    response = await raw_request("127.0.0.1", port, request.encode())
     assert response.status == 200, response.raw
     body = response.json()
     assert isinstance(body, dict)
@@ -71,7 +78,8 @@ async def health(port: int) -> dict[str, object]:
 
 async def test_two_workers(own_db: str) -> None:
     channel = "workers"
-    with started(["serve", "--workers", "2", "--port", "0", "--dsn", own_db]) as serve:
+    args = ["serve", "--workers", "2", "--port", "0", "--dsn", own_db, "--public-channel", channel]
+    with started(args, SSERELAY_JWT_SECRET=SECRET) as serve:
         port = int(serve.expect(r"^sserelay: 2 workers on port (\d+)$").group(1))
         for _ in range(2):
             serve.expect(rf"serving on http://127\.0\.0\.1:{port} ")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .channels import validate_channel
-from .durable import apublish_durable, publish_durable
+from .access.tokens import mint_token
+from .bus.publish import apublish, apublish_durable, encode_payload, publish, publish_durable
 from .errors import (
     BrokerUnavailable,
     ConfigError,
@@ -14,7 +14,7 @@ from .errors import (
     SchemaMissing,
     SseRelayError,
 )
-from .publish import apublish, encode_payload, publish
+from .wire.channels import validate_channel
 
 __version__ = "0.1.0"
 
@@ -31,6 +31,7 @@ __all__ = [
     "apublish",
     "apublish_durable",
     "encode_payload",
+    "mint_token",
     "publish",
     "publish_durable",
     "validate_channel",

@@ -1,3 +1,5 @@
+"""``python -m sserelay``: the ``sserelay`` command (see :mod:`sserelay.cli`)."""
+
 import sys
 
 from .cli import main

@@ -1,18 +1,17 @@
-"""The relay as an ASGI application, on the same hub as the native server.
+"""The relay as an ASGI application: ``uvicorn sserelay.asgi:app``.
 
-``uvicorn sserelay.asgi:app`` serves :data:`app`, configured from the environment
-when it starts; :func:`create_app` builds one to mount in Starlette or FastAPI.
-Each app instance owns one :class:`~sserelay.relay.Relay` run without its TCP
-server: one hub and one PostgreSQL listener per process, started on ASGI
-lifespan startup (or by the first request, when the server runs no lifespan)
-and stopped on lifespan shutdown.
+:data:`app` is configured from the environment when it starts; :func:`create_app`
+builds one to mount in Starlette or FastAPI. Each app owns one
+:class:`~sserelay.relay.Relay` run without its TCP server: one hub and one bus listener
+per process, started on ASGI lifespan startup (or by the first request, when the server
+runs no lifespan) and stopped on lifespan shutdown. Requests are answered by
+:mod:`sserelay.http.asgi`, with the same answers as the native server.
 
-Endpoints, errors, CORS and headers come from :mod:`~sserelay.routes` and
-:mod:`~sserelay.responses`, exactly as in the native server. What ASGI changes
-is the write path: the hub cannot write to a socket, so each stream buffers
-what the hub hands it and one coroutine per stream sends the accumulated bytes
-with ``await send()``. That costs latency and memory at large fan-out; the
-native server (``sserelay serve``) stays the fast path (see ``docs/asgi.md``).
+Shutdown: ASGI servers send lifespan shutdown only after every response has ended, and
+a stream never ends on its own. So when the server is asked to stop (SIGTERM or SIGINT
+in its main thread, whose handler the app chains to while it runs), the app ends every
+stream at once with a jittered ``retry:``: the server's graceful shutdown then
+completes promptly, without cancelling anything.
 """
 
 from __future__ import annotations
@@ -20,147 +19,56 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+import signal
+import threading
+from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote, unquote
 
-from .cli import resolve_dsn
+from .bus.postgres.embedded import dsn_or_embedded
 from .config import Settings, load_settings
+from .core.hub import Hub
 from .errors import SseRelayError
-from .events import Event
-from .hub import Hub, retry_hint
-from .publishing import Publisher, Reply
+from .http.asgi import Receive, Scope, Send, handle, respond
+from .http.responses import error_body
 from .relay import OpenStreams, Relay
-from .replay import catch_up_request
-from .responses import SSE_HEADERS, cors_headers, error_body, preflight_headers
-from .routes import Endpoint, HttpError, StreamRoute, request_timeout, route
 
-__all__ = ["AsgiStream", "RelayApp", "app", "create_app", "route_path"]
+__all__ = ["RelayApp", "StopSignals", "app", "create_app"]
 
 log = logging.getLogger("sserelay.asgi")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
-#: Seconds a cancelled stream may spend sending its farewell ``retry:``.
-FAREWELL_TIMEOUT = 1.0
+class StopSignals:
+    """While installed, SIGTERM and SIGINT also call ``on_stop`` (in the event loop)
+    before the handler that was there (the server's). Only where a Python handler is
+    installed, and only from the main thread: otherwise it does nothing."""
 
-#: The request headers read (the last of each; Cookie headers are joined), as the native
-#: server keeps them.
-_REQUEST_HEADERS = frozenset(
-    {"origin", "last-event-id", "authorization", "cookie", "content-type", "content-length"}
-)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
+    def __init__(self, on_stop: Any) -> None:
+        self.on_stop = on_stop
+        self._previous: dict[int, Any] = {}
 
-class AsgiStream:
-    """One ASGI stream, as the hub sees it (a :class:`~sserelay.hub.Subscriber`).
-
-    The hub's fan-out loop only appends to this stream's buffer and sets an event;
-    :meth:`pump`, running in the request's coroutine, sends everything that has
-    accumulated in one ``http.response.body`` message. The server does the HTTP
-    framing, so the buffer holds ``event.frame``, not ``event.chunked``.
-
-    A client counts as slow when a ``send()`` is blocked (the server is applying
-    backpressure) and the bytes not yet handed to the server pass ``limit``. Bytes
-    that only wait for the pump's next turn of the event loop are not the client's
-    fault: a burst dispatched in one loop iteration does not drop every stream.
-    """
-
-    def __init__(
-        self, channels: tuple[str, ...], *, limit: int, last_event_id: str | None = None
-    ) -> None:
-        self.channels = channels
-        self.pending: set[str] = set()
-        self.next_ping = 0.0
-        self.last_event_id = last_event_id
-        self.id_key: tuple[str, ...] | None = None
-        self.limit = limit
-        #: The response is complete, or the client left: nothing more will be sent.
-        self.finished = False
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._wake = asyncio.Event()
-        self._sending = False
-        self._ending = False  # closed or dropped by the hub: end the response
-        self._gone = False  # the client disconnected
-
-    # -- hub.Subscriber --------------------------------------------------------------
-
-    def deliver(self, event: Event) -> bool:
-        if self._ending:
-            return True
-        frame = event.frame
-        self._chunks.append(frame)
-        self._size += len(frame)
-        self._wake.set()
-        # As in the native server, a caught-up client may take one event bigger than the bound.
-        return not self._sending or self._size <= self.limit or self._size <= len(frame)
-
-    def write(self, data: bytes) -> None:
-        if self._ending:
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
             return
-        self._chunks.append(data)
-        self._size += len(data)
-        self._wake.set()
+        loop = asyncio.get_running_loop()
+        for signum in self.SIGNALS:
+            previous = signal.getsignal(signum)
+            if not callable(previous):
+                continue  # the default action or ignored: not a server's graceful stop
 
-    def close(self, farewell: bytes = b"") -> None:
-        self.write(farewell)
-        self._ending = True
-        self._wake.set()
+            def handler(sig: int, frame: Any, previous: Any = previous) -> None:
+                loop.call_soon_threadsafe(self.on_stop)
+                previous(sig, frame)
 
-    def abort(self) -> None:
-        """Dropped as slow: discard what is unsent and end the response.
+            self._previous[signum] = (previous, handler)
+            signal.signal(signum, handler)
 
-        ASGI cannot reset a connection: the end goes out once the server's buffer
-        drains, or the server notices the client is gone.
-        """
-        self._chunks.clear()
-        self._size = 0
-        self._ending = True
-        self._wake.set()
-
-    # -- the request's side ----------------------------------------------------------
-
-    def disconnected(self) -> None:
-        """The client went away: stop sending."""
-        self._gone = True
-        self._wake.set()
-
-    def take(self) -> bytes:
-        """Everything buffered, emptying the buffer."""
-        data = b"".join(self._chunks)
-        self._chunks.clear()
-        self._size = 0
-        return data
-
-    async def batches(self) -> AsyncIterator[tuple[bytes, bool]]:
-        """(bytes, ending) as the hub writes them, until it ends the stream (the last
-        batch has ``ending`` true, maybe no bytes) or the client leaves. While the consumer
-        holds a batch the stream counts as sending (see the class docstring)."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if self._gone:
-                self.finished = True
-                return
-            data = self.take()
-            ending = self._ending
-            if data or ending:
-                self._sending = True
-                try:
-                    yield data, ending
-                finally:
-                    self._sending = False
-            if ending:
-                self.finished = True
-                return
-
-    async def pump(self, send: Send) -> None:
-        """Send what the hub writes until the hub ends the stream or the client leaves."""
-        async for data, ending in self.batches():
-            await send({"type": "http.response.body", "body": data, "more_body": not ending})
+    def uninstall(self) -> None:
+        for signum, (previous, handler) in self._previous.items():
+            if signal.getsignal(signum) is handler:
+                signal.signal(signum, previous)
+        self._previous.clear()
 
 
 class RelayApp:
@@ -179,6 +87,7 @@ class RelayApp:
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._streams = OpenStreams()
+        self._signals = StopSignals(self._stop_streams)
 
     # -- state -----------------------------------------------------------------------
 
@@ -215,14 +124,25 @@ class RelayApp:
                 return
             settings = self._settings if self._settings is not None else load_settings()
             dsn = self._dsn or settings.dsn
-            if not dsn:
+            if not dsn and settings.bus == "postgres":
                 # Starting the embedded server blocks for a while: keep the loop free.
-                dsn = await asyncio.to_thread(resolve_dsn, None, settings.data_dir, announce=True)
+                dsn = await asyncio.to_thread(
+                    dsn_or_embedded, None, settings.data_dir, announce=True
+                )
             relay = Relay(settings, dsn=dsn)
             await relay.start(serve=False)
             self._relay = relay
             self._running = True
+            self._signals.install()
             log.info("ASGI relay started")
+
+    def _stop_streams(self) -> None:
+        """The server was asked to stop: end every stream now, with a jittered ``retry:``."""
+        relay = self._relay
+        if relay is not None and self._running:
+            closed = relay.close_streams()
+            if closed:
+                log.info("stopping: ended %d streams", closed)
 
     async def shutdown(self) -> None:
         """Send every stream a jittered ``retry:``, end it, and stop the tasks. Lifespan shutdown.
@@ -234,6 +154,7 @@ class RelayApp:
             if relay is None or not self._running:
                 return
             self._running = False
+            self._signals.uninstall()
             await relay.shutdown_after_streams(self._streams)
 
     @contextlib.asynccontextmanager
@@ -293,256 +214,10 @@ class RelayApp:
             except Exception as exc:
                 _log_failure("startup", exc)
                 body = error_body(f"relay cannot start: {_one_line(exc)}")
-                await _respond(send, 503, body, [("Content-Type", "application/json")])
+                await respond(send, 503, body, [("Content-Type", "application/json")])
                 return
             relay = self.relay
-        settings = relay.settings
-        headers = _request_headers(scope)
-        origin = headers.get("origin")
-        method = scope["method"]
-        if method == "OPTIONS":
-            await _respond(send, 204, b"", preflight_headers(origin, settings.allowed_origins))
-            return
-        query = bytes(scope.get("query_string", b"")).decode("latin-1")
-        try:
-            target = route(
-                method, route_path(scope), query, max_channels=settings.max_channels_per_stream
-            )
-            if relay.hub.closing:
-                raise HttpError(503, "relay is shutting down", (("Retry-After", "1"),))
-        except HttpError as exc:
-            relay.count_rejected(exc.status)
-            log.debug("%s %s", exc.status, exc.reason)
-            error_headers = [("Content-Type", "application/json"), *exc.headers]
-            error_headers += cors_headers(origin, settings.allowed_origins)
-            await _respond(send, exc.status, error_body(exc.reason), error_headers)
-            return
-        if isinstance(target, Endpoint) and target.name == "publish":
-            extra = cors_headers(origin, settings.allowed_origins)
-            await self._publish(relay, scope, headers, query, extra, receive, send)
-            return
-        if isinstance(target, Endpoint):
-            status, ctype, body = relay.endpoint(target.name)
-            await _respond(
-                send, status, body, [("Content-Type", ctype), ("Cache-Control", "no-cache")]
-            )
-            return
-        extra = cors_headers(origin, settings.allowed_origins)
-        await self._stream(relay, target, headers, _client(scope), extra, receive, send)
-
-    async def _publish(
-        self,
-        relay: Relay,
-        scope: Scope,
-        headers: dict[str, str],
-        query: str,
-        extra_headers: list[tuple[str, str]],
-        receive: Receive,
-        send: Send,
-    ) -> None:
-        """``POST /publish``: refuse from the head if possible, else read the body (at most
-        the limit, within the head timeout) and let the publisher answer."""
-        publisher = relay.publisher
-        reply: Reply | None = None
-        refused = publisher.precheck(headers)
-        if refused is None:
-            try:
-                async with asyncio.timeout(relay.settings.header_timeout):
-                    body = await _read_body(receive, publisher)
-            except HttpError as exc:
-                refused = exc
-            except TimeoutError:
-                refused = request_timeout(relay.settings.header_timeout)
-            else:
-                if body is None:
-                    return  # the client left
-                reply = await publisher.handle(headers, query, body, _client(scope))
-        if refused is not None:
-            reply = Reply(
-                refused.status,
-                [("Content-Type", "application/json"), *refused.headers],
-                error_body(refused.reason),
-            )
-        assert reply is not None
-        if reply.status >= 400:
-            relay.count_rejected(reply.status)
-        await _respond(send, reply.status, reply.body, [*reply.headers, *extra_headers])
-
-    async def _stream(
-        self,
-        relay: Relay,
-        target: StreamRoute,
-        request_headers: dict[str, str],
-        client: str | None,
-        extra_headers: list[tuple[str, str]],
-        receive: Receive,
-        send: Send,
-    ) -> None:
-        settings = relay.settings
-        last_event_id = request_headers.get("last-event-id")
-        try:
-            catch_up = catch_up_request(target.channels, target.query, last_event_id)
-        except ValueError as exc:
-            relay.count_rejected(400)
-            await _respond(send, 400, error_body(str(exc)), [("Content-Type", "application/json")])
-            return
-        try:
-            lease = relay.access.admit(target.channels, request_headers, target.query, client)
-        except HttpError as exc:
-            relay.count_rejected(exc.status)
-            error_headers = [("Content-Type", "application/json"), *exc.headers, *extra_headers]
-            await _respond(send, exc.status, error_body(exc.reason), error_headers)
-            return
-        stream = AsgiStream(
-            target.channels, limit=settings.max_client_buffer, last_event_id=last_event_id
-        )
-        stream.write(retry_hint(settings.retry_ms))
-        # No await since the `closing` check: shutdown cannot miss this stream.
-        relay.hub.subscribe(stream, catch_up, lease=lease)
-        self._streams.opened()
-        watcher = asyncio.create_task(
-            _watch_disconnect(receive, stream), name="sserelay-asgi-disconnect"
-        )
-        started = False
-        try:
-            headers = _encode_headers([*SSE_HEADERS, *extra_headers])
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            started = True
-            await stream.pump(send)
-        except OSError as exc:
-            # ASGI servers may raise an OSError from send() once the client has gone.
-            log.debug("stream send failed: %r", exc)
-        except asyncio.CancelledError:
-            # The server gave up waiting (uvicorn after --timeout-graceful-shutdown, which
-            # sends lifespan shutdown only after every response has ended): still tell
-            # the browser when to come back, with the same jitter as a graceful shutdown.
-            relay.hub.unsubscribe(stream)
-            farewell = stream.take() + retry_hint(settings.retry_ms, farewell=True)
-            if not started or stream.finished or not await _farewell(send, farewell):
-                raise
-            # The response is complete, so the stream has done what the cancellation
-            # asked (stop). Ending normally spares the server logging every open stream
-            # as a failed request; uncancel() keeps the task's cancel count consistent.
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-        finally:
-            relay.hub.unsubscribe(stream)
-            self._streams.ended()
-            await _stop(watcher)
-
-
-def route_path(scope: Scope) -> str:
-    """The request path relative to ``root_path``, percent-encoded as the client sent it.
-
-    :func:`~sserelay.routes.route` percent-decodes it exactly as the native server
-    does, so the raw path is used when the server provides one. uvicorn's
-    ``--root-path`` and Starlette's ``Mount`` put ``root_path`` (decoded) in front
-    of ``raw_path``; older Starlette also removes it from ``path``.
-    """
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "").rstrip("/")
-    raw = scope.get("raw_path")
-    if raw is not None:
-        # The spec leaves the query out of raw_path; not every server did.
-        text = bytes(raw).decode("latin-1").partition("?")[0]
-        if not root:
-            return text or "/"
-        relative = _strip_root(text, root)
-        if relative is not None:
-            return relative
-        if unquote(text) == path:
-            return text or "/"  # the server left the root out of raw_path
-    # No usable raw path: encode the decoded one again (a "%2F" in it reads as "/").
-    if root and (path == root or path.startswith(root + "/")):
-        path = path[len(root) :]
-    return quote(path, safe="/") or "/"
-
-
-def _strip_root(raw: str, root: str) -> str | None:
-    """``raw`` without the leading segments that decode to ``root``, or None."""
-    end = 0
-    while True:
-        if unquote(raw[:end]) == root:
-            return raw[end:] or "/"
-        end = raw.find("/", end + 1)
-        if end < 0:
-            return "/" if unquote(raw) == root else None
-
-
-async def _farewell(send: Send, body: bytes) -> bool:
-    """Send the last body message (bounded in time); True if it went out."""
-    try:
-        async with asyncio.timeout(FAREWELL_TIMEOUT):
-            await send({"type": "http.response.body", "body": body, "more_body": False})
-    except (OSError, TimeoutError) as exc:
-        log.debug("farewell not sent: %r", exc)
-        return False
-    return True
-
-
-async def _watch_disconnect(receive: Receive, stream: AsgiStream) -> None:
-    """Read the request's messages until ``http.disconnect``, then tell the stream."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    stream.disconnected()
-
-
-async def _stop(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait for it, without swallowing a cancellation of our own."""
-    task.cancel()
-    await asyncio.wait([task])
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("disconnect watcher failed: %r", task.exception())
-
-
-def _request_headers(scope: Scope) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in scope.get("headers", ()):
-        key = bytes(name).decode("latin-1").lower()
-        if key == "cookie" and key in out:  # several Cookie headers: one list
-            out[key] += "; " + bytes(value).decode("latin-1")
-        elif key in _REQUEST_HEADERS:
-            out[key] = bytes(value).decode("latin-1")
-    return out
-
-
-async def _read_body(receive: Receive, publisher: Publisher) -> bytes | None:
-    """The request body, or None if the client disconnected; HttpError 413 past the
-    publisher's limit."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = bytes(message.get("body", b""))
-        size += len(chunk)
-        if size > publisher.limit:
-            raise publisher.too_large()
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _client(scope: Scope) -> str | None:
-    """The client's address (for the per-client limit), if the server gives one."""
-    client = scope.get("client")
-    if client and client[0] is not None:
-        return str(client[0])
-    return None
-
-
-def _encode_headers(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
-
-
-async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
-    headers = [*headers, ("Content-Length", str(len(body)))]
-    await send(
-        {"type": "http.response.start", "status": status, "headers": _encode_headers(headers)}
-    )
-    await send({"type": "http.response.body", "body": body})
+        await handle(relay, self._streams, scope, receive, send)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -62,6 +62,9 @@ class Settings:
     reconnect_max: float = 10.0
     #: Seconds to wait for streams to close on shutdown.
     shutdown_timeout: float = 3.0
+    #: Seconds a stream that is catching up from the log may take to accept what it was
+    #: sent; past it, it is dropped as slow.
+    drain_timeout: float = 10.0
     #: Durable channels: prune events older than this many seconds (None: keep).
     retention_age: float | None = None
     #: Durable channels: keep at most this many events per channel (None: keep all).
@@ -88,6 +91,16 @@ class Settings:
     #: Streams one token subject (``sub``) may hold at most; past it new streams get 429.
     #: 0: no limit.
     max_streams_per_subject: int = 64
+    #: Distinct channels the streams of one process may hold; past it a stream that would
+    #: add one gets 503 (each channel costs a LISTEN and, on durable channels, log reads).
+    #: 0: no limit.
+    max_distinct_channels: int = 10_000
+    #: Distinct channels the streams of one token subject (else of one client address)
+    #: may hold; past it a stream that would add one gets 429. 0: no limit.
+    max_channels_per_client: int = 1_000
+    #: Peers whose ``X-Forwarded-For`` is believed (a reverse proxy): the client address
+    #: (per-client limits, logs) is then the one the proxy saw. ``*``: every peer.
+    forwarded_allow_ips: tuple[str, ...] = ("127.0.0.1", "::1")
     #: Seconds a stream may stay open (each stream 0-10% less); None = no limit.
     max_stream_lifetime: float | None = None
     #: ``POST /publish``: largest request body, bytes.
@@ -116,6 +129,7 @@ class Settings:
             "reconnect_min",
             "reconnect_max",
             "shutdown_timeout",
+            "drain_timeout",
         ):
             value = getattr(self, name)
             if not 0 < value < math.inf:
@@ -139,7 +153,12 @@ class Settings:
             raise ConfigError(f"retention_count must be at least 1, not {self.retention_count}")
         if not self.prune_interval > 0:
             raise ConfigError(f"prune_interval must be positive, not {self.prune_interval}")
-        for name in ("max_streams_per_client", "max_streams_per_subject"):
+        for name in (
+            "max_streams_per_client",
+            "max_streams_per_subject",
+            "max_distinct_channels",
+            "max_channels_per_client",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 (no limit) or more, not {getattr(self, name)}")
         if self.max_stream_lifetime is not None and not 0 < self.max_stream_lifetime < math.inf:
@@ -149,13 +168,12 @@ class Settings:
             )
         if not 0 < self.publish_rate < math.inf:
             raise ConfigError(f"publish_rate must be a positive number, not {self.publish_rate}")
-        if self.capture_max_lag is not None and not 0 < self.capture_max_lag < math.inf:
-            raise ConfigError(f"capture_max_lag must be positive, not {self.capture_max_lag}")
         if self.max_replay < 1:
             raise ConfigError(f"max_replay must be at least 1, not {self.max_replay}")
         if self.reconnect_max < self.reconnect_min:
             raise ConfigError("reconnect_max must not be smaller than reconnect_min")
         _check_broker(self)
+        _check_capture(self)
         if self.log_level not in logging.getLevelNamesMapping():
             raise ConfigError(f"log_level={self.log_level!r} is not a log level; {_LEVELS_HINT}")
         _check_auth(self)
@@ -190,6 +208,13 @@ def _check_broker(settings: Settings) -> None:
         raise ConfigError("broker is redis but no Redis URL is set (--redis or REDIS_URL)")
 
 
+def _check_capture(settings: Settings) -> None:
+    if settings.capture_max_lag is not None and not 0 < settings.capture_max_lag < math.inf:
+        raise ConfigError(f"capture_max_lag must be positive, not {settings.capture_max_lag}")
+    if settings.capture and settings.bus != "postgres":
+        raise ConfigError("capture needs the PostgreSQL bus: its events go to the PostgreSQL log")
+
+
 def check_port(port: int) -> int:
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be between 0 and 65535, not {port}")
@@ -214,16 +239,16 @@ def _check_auth(settings: Settings) -> None:
     configured = settings.jwt_secret is not None or settings.jwt_public_key is not None
     if not configured and not settings.public_channels:
         return
-    from . import auth  # only when needed: it imports pyjwt and cryptography
+    from .access import keys, patterns  # only when needed: they import pyjwt and cryptography
 
     if settings.jwt_secret is not None:
-        auth.check_secret(settings.jwt_secret)
+        keys.check_secret(settings.jwt_secret)
     if settings.jwt_public_key is not None:
-        pem = auth.read_key_file(settings.jwt_public_key, "jwt_public_key")
-        auth.load_public_key(pem, f"jwt_public_key {str(settings.jwt_public_key)!r}")
+        pem = keys.read_key_file(settings.jwt_public_key, "jwt_public_key")
+        keys.load_public_key(pem, f"jwt_public_key {str(settings.jwt_public_key)!r}")
     for pattern in settings.public_channels:
         try:
-            auth.validate_pattern(pattern)
+            patterns.validate_pattern(pattern)
         except InvalidChannel as exc:
             raise ConfigError(f"public_channels: {exc}") from None
 
@@ -323,6 +348,7 @@ _ENV: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "SSERELAY_HEADER_TIMEOUT": ("header_timeout", _float),
     "SSERELAY_PROBE_INTERVAL": ("probe_interval", _float),
     "SSERELAY_SHUTDOWN_TIMEOUT": ("shutdown_timeout", _float),
+    "SSERELAY_DRAIN_TIMEOUT": ("drain_timeout", _float),
     "SSERELAY_PUBLISH_RATE": ("publish_rate", _float),
     "SSERELAY_PORT": ("port", _int),
     "SSERELAY_WORKERS": ("workers", _int),
@@ -337,6 +363,12 @@ _ENV: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "SSERELAY_MAX_STREAMS": ("max_streams", _int),
     "SSERELAY_MAX_STREAMS_PER_CLIENT": ("max_streams_per_client", _int),
     "SSERELAY_MAX_STREAMS_PER_SUBJECT": ("max_streams_per_subject", _int),
+    "SSERELAY_MAX_DISTINCT_CHANNELS": ("max_distinct_channels", _int),
+    "SSERELAY_MAX_CHANNELS_PER_CLIENT": ("max_channels_per_client", _int),
+    "SSERELAY_FORWARDED_ALLOW_IPS": (
+        "forwarded_allow_ips",
+        lambda var, raw: tuple(p.strip() for p in raw.replace(",", " ").split() if p.strip()),
+    ),
 }
 
 

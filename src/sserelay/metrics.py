@@ -1,13 +1,13 @@
-"""Prometheus metrics, read from the hub and the listener at scrape time.
+"""Prometheus metrics, read from the relay's parts at scrape time.
 
-Counters live as plain integers on the objects that count them, so the hot path
-pays nothing for metrics; this collector turns them into Prometheus families.
+Counters live as plain integers on the objects that count them, so the hot path pays
+nothing for metrics; this collector turns them into Prometheus families.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -15,11 +15,62 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from .bus.postgres.capture import Capturer
     from .relay import Relay
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+#: (name, help, where the number is): the plain counters and gauges.
+COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("streams_opened", "Streams opened since start.", "hub.streams_opened"),
+    ("events_received", "Messages received from the bus.", "delivery.events_received"),
+    ("deliveries", "Events written to streams.", "hub.deliveries"),
+    (
+        "slow_clients_dropped",
+        "Streams closed because their unsent bytes passed the bound.",
+        "hub.slow_dropped",
+    ),
+    (
+        "streams_expired",
+        "Streams ended at their deadline (token expiry or max_stream_lifetime).",
+        "hub.streams_expired",
+    ),
+    ("http_published", "Events published through POST /publish.", "publisher.published"),
+    (
+        "listener_reconnects",
+        "Times the listener reconnected after losing its connection.",
+        "listener.reconnects",
+    ),
+    (
+        "listener_failures",
+        "Unexpected errors in the listener (each logged with its traceback; it reconnected).",
+        "listener.failures",
+    ),
+    ("events_replayed", "Durable events written to catching-up streams.", "delivery.replayed"),
+    ("events_filled", "Durable events read from the log to fill a gap.", "delivery.filled"),
+    (
+        "durable_unconfirmed",
+        "Durable notifications dropped because the log did not confirm them.",
+        "delivery.unconfirmed",
+    ),
+    ("log_reads", "Queries run against the durable event log.", "log.queries"),
+    ("log_reads_shared", "Log reads answered by a query already in flight.", "log.shared"),
+)
+
+GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("streams_open", "Open SSE streams.", "hub.stream_count"),
+    ("channels", "Channels with at least one subscriber.", "hub.channel_count"),
+    ("tasks_running", "Short tasks running (catch-ups, gap fills, publishes).", "tasks.jobs"),
+)
+
+
+def _read(relay: Relay | Capturer, path: str) -> float:
+    value: Any = relay
+    for part in path.split("."):
+        value = getattr(value, part, 0)
+    return float(value or 0)
 
 
 class RelayCollector(Collector):
@@ -27,72 +78,89 @@ class RelayCollector(Collector):
         self.relay = relay
 
     def collect(self) -> Iterator[Metric]:
-        hub = self.relay.hub
-        listener = self.relay.listener
-        yield GaugeMetricFamily("sserelay_streams_open", "Open SSE streams.", hub.stream_count)
-        yield GaugeMetricFamily(
-            "sserelay_channels", "Channels with at least one subscriber.", hub.channel_count
-        )
-        yield CounterMetricFamily(
-            "sserelay_streams_opened", "Streams opened since start.", hub.streams_opened
-        )
-        yield CounterMetricFamily(
-            "sserelay_events_received",
-            "Notifications received from the broker.",
-            hub.events_received,
-        )
-        yield CounterMetricFamily(
-            "sserelay_deliveries", "Events written to streams.", hub.deliveries
-        )
-        yield CounterMetricFamily(
-            "sserelay_slow_clients_dropped",
-            "Streams closed because their unsent bytes passed the bound.",
-            hub.slow_dropped,
-        )
-        yield CounterMetricFamily(
-            "sserelay_streams_expired",
-            "Streams ended at their deadline (token expiry or max_stream_lifetime).",
-            hub.streams_expired,
-        )
-        yield CounterMetricFamily(
-            "sserelay_http_published",
-            "Events published through POST /publish.",
-            self.relay.publisher.published,
-        )
+        relay = self.relay
+        for name, text, path in GAUGES:
+            yield GaugeMetricFamily(f"sserelay_{name}", text, _read(relay, path))
+        for name, text, path in COUNTERS:
+            yield CounterMetricFamily(f"sserelay_{name}", text, _read(relay, path))
         yield GaugeMetricFamily(
             "sserelay_listener_connected",
             "1 while the listening connection is up.",
-            1 if listener.connected else 0,
+            1 if relay.listener.connected else 0,
         )
+        yield GaugeMetricFamily(
+            "sserelay_up",
+            "1 while the relay can serve (see /healthz for the reason when it cannot).",
+            0 if relay.problem() else 1,
+        )
+        undecodable = getattr(relay.listener, "undecodable", 0)
         yield CounterMetricFamily(
-            "sserelay_listener_reconnects",
-            "Times the listener reconnected after losing its connection.",
-            listener.reconnects,
+            "sserelay_notifications_undecodable",
+            "Notifications that were not valid text (delivered with U+FFFD in place).",
+            undecodable,
         )
-        replay = self.relay.replay
-        yield CounterMetricFamily(
-            "sserelay_events_replayed",
-            "Durable events written to catching-up streams.",
-            replay.replayed,
+        failures = CounterMetricFamily(
+            "sserelay_task_failures",
+            "Unexpected failures of the relay's tasks, by task (each logged with its traceback).",
+            labels=["task"],
         )
-        yield CounterMetricFamily(
-            "sserelay_log_reads",
-            "Queries run against the durable event log.",
-            self.relay.reader.queries,
-        )
-        yield CounterMetricFamily(
-            "sserelay_log_reads_shared",
-            "Log reads answered by a query already in flight.",
-            self.relay.reader.shared,
-        )
+        for task, count in sorted(relay.tasks.failures.items()):
+            failures.add_metric([task], count)
+        yield failures
         rejected = CounterMetricFamily(
             "sserelay_requests_rejected",
             "Requests answered with an error, by status.",
             labels=["status"],
         )
-        for status, count in sorted(self.relay.rejected.items()):
+        for status, count in sorted(relay.rejected.items()):
             rejected.add_metric([str(status)], count)
         yield rejected
+        if relay.capturer is not None:
+            yield from capture_families(relay.capturer)
+
+
+#: (name, help, where the number is, from the capturer): capture's counters.
+CAPTURE_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("transactions", "Source transactions captured by this process.", "counters.transactions"),
+    ("events", "Events this process wrote to the log.", "counters.events"),
+    (
+        "rows_skipped",
+        "Row changes not published (the channel template gave no valid channel).",
+        "counters.rows_skipped",
+    ),
+    ("sessions", "Times this process became the consuming capturer.", "sessions"),
+    ("failures", "Capture sessions or connections that failed.", "failures"),
+)
+
+
+def capture_families(capturer: Capturer) -> Iterator[Metric]:
+    """The ``sserelay_capture_*`` families of a relay's capturer (docs/capture.md)."""
+    status = capturer.slot_status
+    yield GaugeMetricFamily(
+        "sserelay_capture_leader",
+        "1 while this process consumes the capture slot.",
+        1 if capturer.role == "leader" else 0,
+    )
+    yield GaugeMetricFamily(
+        "sserelay_capture_slot_lost",
+        "1 while the capture slot is dropped or invalidated (see `sserelay capture status`).",
+        1 if capturer.role == "slot_lost" or (status is not None and status.lost) else 0,
+    )
+    if status is not None and status.lag_bytes is not None:
+        yield GaugeMetricFamily(
+            "sserelay_capture_lag_bytes",
+            "WAL bytes written since the capture slot's confirmed position.",
+            status.lag_bytes,
+        )
+    lag = capturer.lag_seconds
+    if lag is not None:
+        yield GaugeMetricFamily(
+            "sserelay_capture_lag_seconds",
+            "How far capture is behind, measured with heartbeats.",
+            lag,
+        )
+    for name, text, path in CAPTURE_COUNTERS:
+        yield CounterMetricFamily(f"sserelay_capture_{name}", text, _read(capturer, path))
 
 
 class RelayMetrics:
@@ -103,7 +171,7 @@ class RelayMetrics:
         self.registry.register(RelayCollector(relay))
         self.lag = Histogram(
             "sserelay_notification_lag_seconds",
-            "Time from NOTIFY to receipt by the listener, measured by its probes.",
+            "Time from publish to receipt by the listener, measured by its probes.",
             buckets=LAG_BUCKETS,
             registry=self.registry,
         )

@@ -1,8 +1,13 @@
-"""A relay process: hub + listener + HTTP front, with an explicit lifecycle.
+"""A relay process: the bus, the delivery core, the access checks and (optionally) the
+native HTTP server, with an explicit lifecycle.
 
-``Relay.start()`` binds the socket and starts the listener and heartbeat tasks;
-``Relay.shutdown()`` stops accepting, tells every stream to come back later,
-closes them, and cancels and awaits every task it started.
+``Relay.start()`` starts the bus listener, the heartbeats, the pruner and (with
+``capture``) the change data capturer as supervised services
+(:class:`~sserelay.core.supervisor.Supervisor`) and binds the socket;
+``Relay.shutdown()`` stops accepting, tells every stream to come back later, closes
+them, cancels and awaits every task, and closes every pool and connection. A service
+that cannot be kept running makes the relay stop admitting streams and
+:meth:`Relay.failed` return (``sserelay serve`` then exits non-zero).
 """
 
 from __future__ import annotations
@@ -16,24 +21,25 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from . import bus as buses
 from . import jitter
-from .access import StreamAccess
-from .auth import policy_from_settings
+from .access.admission import StreamAccess
+from .access.policy import policy_from_settings, token_from
 from .config import Settings
-from .errors import ConfigError
-from .hub import Hub
+from .core.catchup import CatchUp, subscribe
+from .core.delivery import Delivery
+from .core.protocols import Lease, Subscriber
+from .core.supervisor import Supervisor
+from .errors import AuthError, BrokerUnavailable, SchemaMissing
+from .http.native import HttpConnection, protocol_factory
+from .http.publish import Publisher
 from .metrics import CONTENT_TYPE, RelayMetrics
-from .postgres import PostgresListener
-from .publishing import Publisher
-from .replay import LogReader, Replay
-from .server import HttpConnection, protocol_factory
 
 if TYPE_CHECKING:
-    from .broker import EventLog
-    from .capture import Capturer
-    from .redis_broker import RedisListener
+    from .bus.postgres.capture import Capturer
 
 log = logging.getLogger("sserelay")
 
@@ -78,78 +84,61 @@ class Relay:
 
     def __init__(self, settings: Settings, *, dsn: str | None = None) -> None:
         self.settings = settings
-        self.hub = Hub(heartbeat=settings.heartbeat, retry_ms=settings.retry_ms)
+        self.tasks = Supervisor(self._fatal)
+        self.delivery = Delivery(
+            self.tasks,
+            heartbeat=settings.heartbeat,
+            retry_ms=settings.retry_ms,
+            max_replay=settings.max_replay,
+            max_buffer=settings.max_client_buffer,
+            drain_timeout=settings.drain_timeout,
+        )
+        self.hub = self.delivery.hub
+        self.bus = buses.connect(settings, dsn, self.delivery)
+        self.listener = self.bus.listener
+        self.log = self.bus.log
+        self.delivery.attach(self.listener, self.log)
         #: Who may read which channels (built once), and the stream limits.
         self.policy = policy_from_settings(settings)
         self.access = StreamAccess(settings, self.policy)
-        self.listener: PostgresListener | RedisListener
-        self.reader: EventLog
-        if settings.bus == "redis":
-            self._redis_bus(settings)
-        else:
-            if dsn is None:
-                raise ConfigError("the PostgreSQL broker needs a DSN")
-            self.listener = PostgresListener(
-                settings.listen_dsn or dsn,
-                self.hub.dispatch,
-                self.hub.on_listening,
-                probe_interval=settings.probe_interval,
-                probe_timeout=settings.probe_timeout,
-                reconnect_min=settings.reconnect_min,
-                reconnect_max=settings.reconnect_max,
-            )
-            # Durable channels: a small pool reads the log (replay, gap fills, large events).
-            self.reader = LogReader(dsn)
-        self.hub.attach(self.listener)
-        self.replay = Replay(self.hub, self.reader, max_replay=settings.max_replay)
-        self.hub.replay = self.replay
-        #: ``POST /publish``: publishes through the reader's pool; owns its request tasks.
-        self.publisher = Publisher(settings, self.reader, self.policy)
+        #: ``POST /publish``, on the bus's own connections.
+        self.publisher = Publisher(
+            settings, self.bus.publish, self.policy, raw_limit=self.bus.raw_limit
+        )
         self.connections: set[HttpConnection] = set()
         self.rejected: Counter[int] = Counter()
         self.metrics = RelayMetrics(self)
         self.listener.lag_observer = self.metrics.lag
+        #: Change data capture (``settings.capture``; docs/capture.md), PostgreSQL only.
         self.capturer: Capturer | None = None
-        if settings.capture:  # change data capture (docs/capture.md)
-            from .capture.serve import capturer_for
+        if settings.capture:
+            from .bus.postgres.capture.serve import capturer_for
 
-            self.capturer = capturer_for(
-                dsn,
-                bus=settings.bus,
-                max_lag=settings.capture_max_lag,
-                registry=self.metrics.registry,
-            )
+            self.capturer = capturer_for(dsn, bus=settings.bus, max_lag=settings.capture_max_lag)
         self.started = time.time()
+        #: The service that could not be kept running, once one could not.
+        self.failure: str | None = None
+        self._failed = asyncio.Event()
         self._server: asyncio.Server | None = None
-        self._tasks: list[asyncio.Task[None]] = []
         self._all_closed = asyncio.Event()
 
-    def _redis_bus(self, settings: Settings) -> None:
-        """Redis as the bus: pub/sub for the live events, one stream per durable channel."""
-        try:
-            from .redis_broker import RedisListener
-            from .redis_log import RedisLog
-        except ImportError as exc:
-            raise ConfigError(
-                f"the Redis broker needs the redis package: pip install 'sserelay[redis]' ({exc})"
-            ) from None
-        assert settings.redis_url is not None  # checked by Settings
-        self.listener = RedisListener(
-            settings.redis_url,
-            self.hub.dispatch,
-            self.hub.on_listening,
-            prefix=settings.redis_prefix,
-            probe_interval=settings.probe_interval,
-            probe_timeout=settings.probe_timeout,
-            reconnect_min=settings.reconnect_min,
-            reconnect_max=settings.reconnect_max,
-        )
-        self.reader = RedisLog(
-            settings.redis_url,
-            prefix=settings.redis_prefix,
-            retention_count=settings.retention_count,
-            retention_age=settings.retention_age,
-        )
+    # -- streams -----------------------------------------------------------------------
+
+    def subscribe(
+        self, sub: Subscriber, catch_up: CatchUp | None = None, lease: Lease | None = None
+    ) -> None:
+        """Register an admitted stream (live at once, or after catching up)."""
+        subscribe(self.delivery, sub, catch_up, lease)
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.hub.unsubscribe(sub)
+
+    @property
+    def closing(self) -> bool:
+        """No new stream is admitted: shutting down, or failed."""
+        return self.hub.closing or self.failure is not None
+
+    # -- lifecycle ---------------------------------------------------------------------
 
     async def __aenter__(self) -> Relay:
         await self.start()
@@ -159,32 +148,40 @@ class Relay:
         await self.shutdown()
 
     async def start(self, sock: socket.socket | None = None, *, serve: bool = True) -> None:
-        """Start the listener and heartbeat tasks, and the native HTTP server if ``serve``.
+        """Start the services, and the native HTTP server if ``serve``.
 
-        ``serve=False`` runs the hub alone, for another HTTP front (the ASGI app);
-        :meth:`shutdown`, :meth:`health` and :meth:`endpoint` work the same.
+        ``serve=False`` runs the core alone, for another HTTP front (the ASGI app, the
+        Django view); :meth:`shutdown`, :meth:`health` and :meth:`endpoint` work the same.
         """
         loop = asyncio.get_running_loop()
-        await self.reader.open()
-        self._tasks = [
-            asyncio.create_task(self.listener.run(), name="sserelay-listener"),
-            asyncio.create_task(self.hub.run_heartbeats(), name="sserelay-heartbeats"),
-        ]
-        if self.capturer is not None:
-            self._tasks.append(asyncio.create_task(self.capturer.run(), name="sserelay-capture"))
+        await self.log.open()
+        self.tasks.service("listener", self.listener.run)
+        self.tasks.service("heartbeats", self.hub.run_heartbeats)
         if self.settings.retention_age is not None or self.settings.retention_count is not None:
-            self._tasks.append(asyncio.create_task(self._prune_forever(), name="sserelay-prune"))
-        if serve and sock is not None:
-            self._server = await loop.create_server(protocol_factory(self), sock=sock, backlog=4096)
-        elif serve:
-            self._server = await loop.create_server(
-                protocol_factory(self), self.settings.host, self.settings.port, backlog=4096
-            )
+            self.tasks.service("pruner", self._prune_forever)
+        if self.capturer is not None:
+            self.tasks.service("capture", self.capturer.run)
+        if serve:
+            factory = protocol_factory(self)
+            if sock is not None:
+                self._server = await loop.create_server(factory, sock=sock, backlog=4096)
+            else:
+                self._server = await loop.create_server(
+                    factory, self.settings.host, self.settings.port, backlog=4096
+                )
         if self.policy.is_open:  # once started: a relay that failed to bind is not open
             log.warning(
                 "no jwt_secret or jwt_public_key: the relay is open, anyone who can reach it "
-                "may read every channel (see docs/security.md)"
+                "may read every channel (see the README's Security section)"
             )
+
+    def _fatal(self, service: str, exc: BaseException | None) -> None:
+        self.failure = service
+        self._failed.set()
+
+    async def failed(self) -> None:
+        """Return once a service has failed for good (see the module docstring)."""
+        await self._failed.wait()
 
     @property
     def port(self) -> int:
@@ -197,13 +194,19 @@ class Relay:
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}"
 
-    async def shutdown(self) -> None:
-        """Stop accepting, send every stream a jittered ``retry:``, close, stop the tasks."""
-        if self._server is not None:
-            self._server.close()
+    def close_streams(self) -> int:
+        """End every stream with a jittered ``retry:`` and admit no more; how many."""
         closed = self.hub.close_all(self.settings.retry_ms)
         if closed:
             log.info("shutdown: closed %d streams", closed)
+        return closed
+
+    async def shutdown(self) -> None:
+        """Stop accepting, send every stream a jittered ``retry:``, close, stop the tasks,
+        close every pool and connection."""
+        if self._server is not None:
+            self._server.close()
+        self.close_streams()
         if self.connections:
             self._all_closed.clear()
             with contextlib.suppress(TimeoutError):
@@ -211,15 +214,8 @@ class Relay:
                     await self._all_closed.wait()
         for conn in list(self.connections):
             conn.transport.abort()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-        await self.publisher.close()
-        await self.replay.close()
-        await self.reader.close()
+        await self.tasks.close()
+        await self.log.close()
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1):
@@ -229,9 +225,7 @@ class Relay:
         """Shutdown for a front that writes its own streams: send each a jittered
         ``retry:`` and end it, wait up to ``shutdown_timeout`` for ``streams`` to send
         that, then :meth:`shutdown` (which finds no stream left to close)."""
-        closed = self.hub.close_all(self.settings.retry_ms)
-        if closed:
-            log.info("shutdown: closed %d streams", closed)
+        self.close_streams()
         await streams.wait_ended(self.settings.shutdown_timeout)
         if streams.count:
             log.warning("shutdown: %d streams still sending", streams.count)
@@ -248,8 +242,8 @@ class Relay:
         while True:
             await asyncio.sleep(self.settings.prune_interval * jitter.uniform(0.8, 1.2))
             try:
-                deleted = await self.reader.prune(interval, self.settings.retention_count)
-            except Exception as exc:  # database down or schema missing: try next time
+                deleted = await self.log.prune(interval, self.settings.retention_count)
+            except (BrokerUnavailable, SchemaMissing) as exc:  # the bus is down: next time
                 log.warning("pruning the event log failed: %s", exc)
                 continue
             if deleted:
@@ -263,22 +257,61 @@ class Relay:
     def count_rejected(self, status: int) -> None:
         self.rejected[status] += 1
 
-    def health(self) -> tuple[int, dict[str, Any]]:
-        healthy = self.listener.healthy and not self.hub.closing
-        capture = {} if self.capturer is None else {"capture": self.capturer.status()}
-        healthy = healthy and (self.capturer is None or self.capturer.healthy)
-        body = {
-            "status": "ok" if healthy else "unavailable",
-            "streams": self.hub.stream_count,
-            "pid": os.getpid(),
-            **self.listener.status(),
-            **capture,
-        }
-        return (200 if healthy else 503), body
+    # -- health --------------------------------------------------------------------------
 
-    def endpoint(self, name: str) -> tuple[int, str, bytes]:
+    def problem(self) -> str | None:
+        """Why the relay cannot serve right now, as a short reason class (None: it can)."""
+        if self.failure is not None:
+            return f"failed: the {self.failure} cannot run"
+        if self.hub.closing:
+            return "shutting down"
+        listener: Any = self.listener
+        if not listener.connected:
+            return "bus unreachable"
+        if listener.probe_overdue:
+            return "bus not answering"
+        if not listener.healthy:
+            return "subscribing"
+        if self.capturer is not None:
+            return self.capturer.problem()
+        return None
+
+    def health(self, *, detail: bool = False) -> tuple[int, dict[str, Any]]:
+        """``/healthz``: ok or not, with a short reason; ``detail`` adds what an operator
+        needs (never shown without an admin token: it may name hosts and roles)."""
+        problem = self.problem()
+        body: dict[str, Any] = {"status": "ok" if problem is None else "unavailable"}
+        if problem is not None:
+            body["reason"] = problem
+        if detail:
+            body.update(
+                streams=self.hub.stream_count,
+                channels=self.hub.channel_count,
+                pid=os.getpid(),
+                bus=self.listener.status(),
+                task_failures=dict(self.tasks.failures),
+                last_failure=self.tasks.last_failure,
+            )
+            if self.capturer is not None:
+                body["capture"] = self.capturer.status()
+        return (200 if problem is None else 503), body
+
+    def endpoint(
+        self, name: str, headers: Mapping[str, str] | None = None
+    ) -> tuple[int, str, bytes]:
         """Answer ``/healthz`` or ``/metrics``: (status, content type, body)."""
         if name == "metrics":
             return 200, CONTENT_TYPE, self.metrics.render()
-        status, body = self.health()
+        status, body = self.health(detail=self._is_admin(headers or {}))
         return status, "application/json", json.dumps(body).encode() + b"\n"
+
+    def _is_admin(self, headers: Mapping[str, str]) -> bool:
+        """The request carries a valid token with the admin grant (never the cookie)."""
+        verifier = self.policy.verifier
+        token = token_from({"authorization": headers.get("authorization", "")}, (), "")
+        if verifier is None or token is None:
+            return False
+        try:
+            return verifier.verify(token).admin
+        except AuthError:
+            return False

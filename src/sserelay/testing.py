@@ -15,17 +15,27 @@ import contextlib
 import inspect
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
-
+from .bus.postgres.admin import notify, temporary_database
 from .config import Settings
 from .relay import Relay
+
+__all__ = [
+    "RawResponse",
+    "SseClient",
+    "SseMessage",
+    "StreamClosed",
+    "notify",
+    "parse_block",
+    "raw_request",
+    "running_relay",
+    "showing_frames",
+    "temporary_database",
+    "wait_until",
+]
 
 
 @dataclass
@@ -201,12 +211,6 @@ async def running_relay(dsn: str | None, **settings: Any) -> AsyncIterator[Relay
         await relay.shutdown()
 
 
-async def notify(dsn: str, channel: str, payload: str) -> None:
-    """Send one raw notification from a connection of its own."""
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await conn.execute("SELECT pg_notify(%s, %s)", (channel, payload))
-
-
 @dataclass
 class RawResponse:
     """A complete, non-streaming HTTP response as :func:`raw_request` read it."""
@@ -289,26 +293,3 @@ async def wait_until(
             text = message() if callable(message) else message
             raise AssertionError(f"condition not met within {timeout:g}s: {text}")
         await asyncio.sleep(interval)
-
-
-@contextlib.contextmanager
-def temporary_database(dsn: str, *, migrate: bool = False) -> Iterator[str]:
-    """A fresh database on ``dsn``'s server, dropped on exit; yields its DSN.
-
-    ``migrate=True`` installs the durable-channel schema in it first.
-    """
-    name = f"sserelay_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        db = make_conninfo(dsn, dbname=name)
-        if migrate:
-            from .schema import migrate as run_migrations
-
-            run_migrations(db)
-        yield db
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from sserelay.capture import CaptureOptions, Capturer
+from sserelay.bus.postgres.capture import CaptureOptions, Capturer
 from sserelay.testing import wait_until
 
 #: Fast timers, so that failover and heartbeats happen within a test's patience.

@@ -15,7 +15,7 @@ import sys
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from sserelay.capture.stream import ReplicationStream, XLogData
+from sserelay.bus.postgres.capture.stream import ReplicationStream, XLogData
 
 CHANGES = [
     ("insert", "INSERT INTO t VALUES (1, 'héllo', 'happy', repeat('x', 3000), 1.50, true)"),

@@ -21,7 +21,7 @@ import pytest
 from capture_helpers import execute, psql
 
 from processes import relay_process
-from sserelay.capture import rules
+from sserelay.bus.postgres.capture import rules
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(240)]
 

@@ -9,7 +9,8 @@ import pytest
 from capture_helpers import execute, running_capturer
 
 from pgcluster import Cluster, capture_database
-from sserelay.cli import build_parser, main, serve_settings
+from sserelay.cli import build_parser, main
+from sserelay.cli.serve import serve_settings
 from sserelay.config import Settings, load_settings
 from sserelay.errors import ConfigError
 
@@ -96,7 +97,7 @@ async def test_status_reports_lag_while_nobody_captures(
 ) -> None:
     execute(capture_dsn, "CREATE TABLE t (id int PRIMARY KEY, v text)")
     with psycopg.connect(capture_dsn, autocommit=True) as conn:
-        from sserelay.capture import rules
+        from sserelay.bus.postgres.capture import rules
 
         rules.add(conn, "t", "t")
     async with running_capturer(capture_dsn) as capturer:

@@ -14,8 +14,8 @@ import psycopg
 import pytest
 from capture_helpers import execute, psql, running_capturer
 
-from sserelay.capture import rules
-from sserelay.capture.lsn import parse_lsn
+from sserelay.bus.postgres.capture import rules
+from sserelay.bus.postgres.capture.lsn import parse_lsn
 from sserelay.errors import ConfigError
 from sserelay.relay import Relay
 from sserelay.testing import SseClient, running_relay, showing_frames, wait_until
@@ -329,7 +329,7 @@ async def test_a_100000_row_transaction_is_captured_in_bounded_memory(capture_ds
 
 
 async def test_a_dropped_slot_is_reported_and_recreated_on_request(capture_dsn: str) -> None:
-    from sserelay.capture import slot as capture_slot
+    from sserelay.bus.postgres.capture import slot as capture_slot
 
     execute(capture_dsn, "CREATE TABLE t (id int PRIMARY KEY)")
     add_rule(capture_dsn, "t", "gone")

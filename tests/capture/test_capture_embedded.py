@@ -8,9 +8,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sserelay.capture import rules
-from sserelay.capture import slot as capture_slot
-from sserelay.embedded import start_embedded
+from sserelay.bus.postgres.capture import rules
+from sserelay.bus.postgres.capture import slot as capture_slot
+from sserelay.bus.postgres.embedded import start_embedded
 
 pytestmark = pytest.mark.integration
 

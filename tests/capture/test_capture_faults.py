@@ -23,9 +23,9 @@ from capture_helpers import execute, running_capturer
 
 from pgcluster import Cluster, capture_database, private_cluster
 from processes import SETTINGS_VARS, relay_process
-from sserelay.capture import rules
-from sserelay.capture import slot as capture_slot
-from sserelay.capture.lsn import parse_lsn
+from sserelay.bus.postgres.capture import rules
+from sserelay.bus.postgres.capture import slot as capture_slot
+from sserelay.bus.postgres.capture.lsn import parse_lsn
 from sserelay.testing import SseClient, raw_request, running_relay, showing_frames, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

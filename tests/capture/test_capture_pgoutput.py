@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sserelay.capture.lsn import format_lsn, parse_lsn
-from sserelay.capture.pgoutput import (
+from sserelay.bus.postgres.capture.lsn import format_lsn, parse_lsn
+from sserelay.bus.postgres.capture.pgoutput import (
     UNCHANGED,
     Begin,
     Commit,
@@ -27,7 +27,7 @@ from sserelay.capture.pgoutput import (
     Update,
     decode,
 )
-from sserelay.capture.stream import Keepalive, XLogData, parse_copy_data, status_update
+from sserelay.bus.postgres.capture.stream import Keepalive, XLogData, parse_copy_data, status_update
 
 RECORDED = [
     (label, bytes.fromhex(payload))

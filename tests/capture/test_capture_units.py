@@ -6,11 +6,18 @@ import json
 
 import pytest
 
-from sserelay.capture.changes import TableCodec, encode_value, tail
-from sserelay.capture.pgoutput import UNCHANGED, Column, Delete, Insert, Relation, Update
-from sserelay.capture.rules import PUBLICATIONS, Rule, publication_for
-from sserelay.capture.tables import TableInfo, check_rule
-from sserelay.capture.template import RouteError, Template
+from sserelay.bus.postgres.capture.changes import TableCodec, encode_value, tail
+from sserelay.bus.postgres.capture.pgoutput import (
+    UNCHANGED,
+    Column,
+    Delete,
+    Insert,
+    Relation,
+    Update,
+)
+from sserelay.bus.postgres.capture.rules import PUBLICATIONS, Rule, publication_for
+from sserelay.bus.postgres.capture.tables import TableInfo, check_rule
+from sserelay.bus.postgres.capture.template import RouteError, Template
 from sserelay.errors import ConfigError
 
 

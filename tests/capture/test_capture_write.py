@@ -1,7 +1,8 @@
 """``sserelay.capture_write`` (one statement per batch) logs and notifies exactly what
 calling ``sserelay.publish`` for each event in turn would: the same ids, rows and
 notification payloads, in the same order. This guards the copy of publish's payload
-format in 0004_capture.sql against drifting from publish itself."""
+format in 0004_capture.sql against drifting from publish itself, including the channel
+it notifies (the durable name, ``sserelay.notify_channel``, since schema version 3)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import psycopg
 import pytest
 
+from sserelay.bus.postgres.statements import durable_channel
 from sserelay.testing import temporary_database
 
 pytestmark = pytest.mark.integration
@@ -26,11 +28,13 @@ EVENTS = [
 
 
 def run(conn: psycopg.Connection, channels: dict[str, str], bulk: bool) -> list[tuple[str, str]]:
-    """Publish EVENTS (channel names mapped) in one transaction; the notifications got."""
+    """Publish EVENTS (channel names mapped) in one transaction; the notifications got,
+    on each channel's own name and its durable one (as a relay LISTENs)."""
     listener = psycopg.connect(conn.info.dsn, autocommit=True)
     try:
         for channel in channels.values():
-            listener.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
+            for name in (channel, durable_channel(channel)):
+                listener.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(name)))
         with conn.transaction():
             conn.execute("SELECT sserelay.publish(%s, 'before', NULL)", (channels["a"],))
         with conn.transaction():
@@ -66,6 +70,8 @@ def test_capture_write_is_publish_in_a_batch(dsn: str) -> None:
         by_batch = run(b, names, bulk=True)
         assert by_batch == by_publish
         assert len(by_batch) == len(EVENTS)
+        durable_names = {durable_channel(name) for name in names.values()}
+        assert {channel for channel, _ in by_batch} <= durable_names
         assert sum('"large":true' in p for _, p in by_batch) == 2
         assert rows(b, names) == rows(a, names)
         channels = "SELECT channel, last_id FROM sserelay.channels ORDER BY channel"
@@ -83,9 +89,9 @@ def test_capture_write_refuses_a_bad_channel(dsn: str) -> None:
 
 async def test_a_second_writer_logs_nothing(capture_dsn: str) -> None:
     """The compare-and-set: a writer whose view of capture_state is stale rolls back."""
-    from sserelay.capture.changes import CapturedEvent
-    from sserelay.capture.errors import Conflict
-    from sserelay.capture.writer import Group, LogWriter
+    from sserelay.bus.postgres.capture.changes import CapturedEvent
+    from sserelay.bus.postgres.capture.errors import Conflict
+    from sserelay.bus.postgres.capture.writer import Group, LogWriter
 
     first = await LogWriter.connect(capture_dsn, application_name="one")
     second = await LogWriter.connect(capture_dsn, application_name="two")

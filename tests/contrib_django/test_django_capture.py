@@ -98,7 +98,7 @@ async def test_the_command_installs_and_a_psql_insert_is_captured(capture_db: st
     from django.core.management import call_command
     from django.test import override_settings
 
-    from sserelay.capture import CaptureOptions, Capturer
+    from sserelay.bus.postgres.capture import CaptureOptions, Capturer
 
     out = _Output()
     with override_settings(SSERELAY={"CAPTURE": CHAT_CAPTURE, "LISTEN_DSN": capture_db}):

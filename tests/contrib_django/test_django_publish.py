@@ -12,6 +12,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from sserelay.bus.postgres.statements import durable_channel
+
 pytestmark = pytest.mark.integration
 
 
@@ -20,7 +22,9 @@ class Listener:
 
     def __init__(self, dsn: str, channel: str) -> None:
         self.conn = psycopg.connect(dsn, autocommit=True)
-        self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        # Plain events on the channel, durable ones on its durable name.
+        for name in (channel, durable_channel(channel)):
+            self.conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
         self.buffer: deque[str] = deque()
 
     def next(self, timeout: float = 10.0) -> dict[str, Any]:
@@ -242,7 +246,7 @@ def test_chat_app_publishes_messages(django_dsn: str) -> None:
 def test_migration_is_idempotent(django_dsn: str) -> None:
     from django.db import connection
 
-    from sserelay import schema
+    from sserelay.bus.postgres import schema
     from sserelay.contrib.django.schema import install_schema
 
     assert install_schema(connection) == schema.latest_version()

@@ -129,7 +129,7 @@ def test_stream_url_mints_a_token_for_the_user() -> None:
     from django.core.exceptions import PermissionDenied
     from django.test import override_settings
 
-    from sserelay.auth import TokenVerifier
+    from sserelay.access.tokens import TokenVerifier
     from sserelay.contrib.django import stream_url, token_for
 
     settings = {

@@ -13,7 +13,7 @@ import pytest
 from django_helpers import SECRET, Server, asgi_server
 
 from sserelay import apublish
-from sserelay.auth import mint_token
+from sserelay.access.tokens import mint_token
 from sserelay.testing import SseClient, showing_frames
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

@@ -14,8 +14,10 @@ It wraps Django's handler and adds:
 - **disconnects on Django 4.2**, which does not watch for ``http.disconnect`` while a
   streaming response runs (5.0+ does): without this, a stream whose browser left
   would live until the process ends;
-- **cancellation at shutdown**: when the server cancels open requests (uvicorn
-  ``--timeout-graceful-shutdown``), each stream still sends its farewell ``retry:``.
+- **prompt shutdown**: when the server is asked to stop (SIGTERM, SIGINT), every stream
+  is ended at once with its farewell ``retry:``, so the server's graceful shutdown
+  completes without waiting out its timeout; and if the server cancels open requests
+  anyway, each stream still sends its farewell.
 
 Everything else goes to Django unchanged.
 """
@@ -31,7 +33,8 @@ from typing import Any
 import django
 from django.core.asgi import get_asgi_application as django_asgi_application
 
-from ...hub import retry_hint
+from ...asgi import StopSignals
+from ...core.hub import retry_hint
 from .runtime import runtime
 from .views import STATE_KEY, RequestState
 
@@ -56,6 +59,14 @@ class SserelayASGI:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._signals = StopSignals(self._stop_streams)
+
+    def _stop_streams(self) -> None:
+        """The server was asked to stop: end every stream now (with a jittered ``retry:``),
+        so that its graceful shutdown completes promptly."""
+        relay = runtime().relay
+        if relay is not None:
+            relay.close_streams()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -102,8 +113,10 @@ class SserelayASGI:
                     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                     await send({"type": "lifespan.startup.failed", "message": reason})
                     return
+                self._signals.install()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                self._signals.uninstall()
                 try:
                     await runtime().shutdown()
                 except Exception as exc:

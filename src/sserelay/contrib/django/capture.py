@@ -18,7 +18,8 @@ Models are named by their label (``app_label.ModelName``); fields by name (``roo
 ``room_id`` for a foreign key, ``pk`` for the primary key), which become their columns.
 ``manage.py check`` checks all of it without a database (``sserelay.E010``);
 ``manage.py sserelay_capture`` installs it (:func:`apply`), and
-``manage.py sserelay_capture --run`` runs a capturer.
+``manage.py sserelay_capture --run`` runs a capturer. The database is reached through
+:mod:`sserelay.bus.postgres.capture.commands` (no driver here).
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ from django.apps import apps
 from django.conf import settings as django_settings
 from django.core import checks
 from django.core.exceptions import FieldDoesNotExist
-from psycopg import sql
 
-from ...capture.rules import DEFAULT_EVENTS, Rule, check_event_prefix, check_events
-from ...capture.template import Template
+from ...bus.postgres.capture import commands
+from ...bus.postgres.capture.rules import DEFAULT_EVENTS, Rule, check_event_prefix, check_events
+from ...bus.postgres.capture.tables import quote_ident
+from ...bus.postgres.capture.template import Template
 from ...errors import ConfigError
 from . import conf
 
@@ -52,6 +54,17 @@ class ModelCapture:
     events: frozenset[str]
     where: str | None
     event_prefix: str | None
+
+    def spec(self) -> commands.RuleSpec:
+        """The rule to install."""
+        return commands.RuleSpec(
+            table=self.table,
+            channel=self.channel,
+            columns=self.columns,
+            where=self.where,
+            events=self.events,
+            event_prefix=self.event_prefix,
+        )
 
 
 def _column(model: Any, name: str, label: str) -> str:
@@ -89,11 +102,9 @@ def _spec(label: str, entry: Any) -> ModelCapture:
     row_filter = entry.get("where")
     if row_filter is not None and not isinstance(row_filter, str):
         raise ConfigError(f"{where}['where'] must be an SQL expression (a string)")
-    meta = model._meta
-    table = sql.Identifier(meta.db_table).as_string(None)
     return ModelCapture(
         label=label,
-        table=table,
+        table=quote_ident(model._meta.db_table),
         channel=template.rename(columns).text,
         columns=None if fields is None else tuple(_column(model, f, label) for f in fields),
         events=check_events(entry.get("events", DEFAULT_EVENTS)),
@@ -123,31 +134,11 @@ def check_capture(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMe
     return []
 
 
-def apply(conn: Any, *, remove_others: bool = False) -> tuple[list[Rule], list[str]]:
-    """Install capture and a rule per configured model through ``conn`` (an autocommit
-    psycopg connection); with ``remove_others``, drop rules of tables not configured.
-    Returns the rules installed and the tables no longer captured."""
-    from ...capture import rules as capture_rules
-    from ...capture import slot as capture_slot
-
-    wanted = configured()
-    capture_slot.install(conn)
-    installed = [
-        capture_rules.add(
-            conn,
-            spec.table,
-            spec.channel,
-            columns=spec.columns,
-            row_filter=spec.where,
-            events=spec.events,
-            event_prefix=spec.event_prefix,
-        )
-        for spec in wanted
-    ]
-    removed: list[str] = []
-    if remove_others:
-        keep = {rule.relid for rule in installed}
-        for rule in capture_rules.load_rules(conn):
-            if rule.relid not in keep and capture_rules.remove(conn, rule.relid):
-                removed.append(rule.name)
-    return installed, removed
+def apply(dsn: str, *, remove_others: bool = False) -> tuple[list[Rule], list[str]]:
+    """Install capture and a rule per configured model in ``dsn``'s database; with
+    ``remove_others``, drop rules of tables not configured. Returns the rules installed
+    and the tables no longer captured."""
+    specs = [model.spec() for model in configured()]
+    return commands.apply(
+        dsn, specs, remove_others=remove_others, application_name="sserelay-django"
+    )

@@ -109,7 +109,7 @@ def _check_relay_settings() -> list[checks.CheckMessage]:
 
 
 def _check_keys() -> list[checks.CheckMessage]:
-    from ...auth import load_private_key, read_key_file
+    from ...access.keys import load_private_key, read_key_file
 
     found: list[checks.CheckMessage] = []
     secret = conf.get("JWT_SECRET")

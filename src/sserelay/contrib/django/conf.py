@@ -15,6 +15,7 @@ from typing import Any
 from django.conf import settings as django_settings
 from django.utils.module_loading import import_string
 
+from ...bus.postgres.admin import dsn_parameters
 from ...config import Settings
 from ...errors import ConfigError
 
@@ -99,9 +100,7 @@ def database_from_url(url: str, **extra: Any) -> dict[str, Any]:
 
     ``extra`` keys (``CONN_MAX_AGE``, ``OPTIONS``...) are added to the entry.
     """
-    from psycopg.conninfo import conninfo_to_dict
-
-    params = {k: v for k, v in conninfo_to_dict(url).items() if v is not None}
+    params = dsn_parameters(url)
     entry: dict[str, Any] = {
         "ENGINE": "django.db.backends.postgresql",
         "NAME": params.pop("dbname", ""),

@@ -1,33 +1,52 @@
 """Publishing through Django's own database connection.
 
-The event is sent with the connection Django uses for the ORM, so it is part of
-the current transaction: inside ``transaction.atomic()`` it goes out when the
-transaction commits and not at all if it rolls back (PostgreSQL's NOTIFY works that
-way, and a durable event's log row commits or rolls back with it). In autocommit
-mode (Django's default outside ``atomic``) it goes out at once.
+The event is sent with the connection Django uses for the ORM, so it is part of the
+current transaction: inside ``transaction.atomic()`` it goes out when the transaction
+commits and not at all if it rolls back (PostgreSQL's NOTIFY works that way, and a
+durable event's log row commits or rolls back with it). In autocommit mode (Django's
+default outside ``atomic``) it goes out at once.
+
+It runs the bus's own publish (:func:`sserelay.bus.postgres.publish.publish_on`: the
+raw-or-durable decision, the statements, the errors) on a :class:`DjangoConnector`,
+which runs a statement on Django's connection, as procrastinate's Django connector does.
 """
 
 from __future__ import annotations
 
-import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from django.db import DatabaseError, connections
 
-from ...channels import validate_channel
-from ...durable import AVAILABLE_SQL, LAST_ID_SQL, PUBLISH_SQL, prepare
-from ...errors import PublishError, SchemaMissing
-from ...publish import NOTIFY_SQL, encode_payload
-from ...schema import PUBLISH_FUNCTION
+from ...bus.postgres import publish as postgres
+from ...bus.postgres import statements
+from ...bus.postgres.errors import translate
+from ...errors import PublishError
+from ...wire.message import Message
 from . import conf
 
-__all__ = ["last_event_id", "publish"]
+__all__ = ["DjangoConnector", "last_event_id", "publish"]
 
-# Whether a (raw) connection's database has the durable schema: asked once per
-# connection object, like sserelay.publish does.
-_available: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
-_MISSING_CODES = frozenset({"3F000", "42P01", "42883"})  # no schema, table, function
+class DjangoConnector:
+    """A :class:`~sserelay.bus.postgres.publish.Connector` on ``DATABASES[alias]``."""
+
+    hint = "`manage.py migrate sserelay`"
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        self.where = f"database {alias!r}"
+        connection = connections[alias]
+        connection.ensure_connection()
+        #: The driver's connection: what the schema answer is remembered on.
+        self.key = connection.connection
+
+    def fetchone(self, query: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+        # Django wraps the driver's errors in its own; the bus reads their SQLSTATE.
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute(query, list(params))
+            row = cursor.fetchone()
+        return tuple(row) if row is not None else None
 
 
 def publish(
@@ -46,66 +65,30 @@ def publish(
     schema is installed (the ``sserelay`` migration), True = must be, False = a plain
     NOTIFY. Returns the event's id in the log, or None for a plain NOTIFY.
     """
-    alias = using or conf.database_alias()
+    message = Message.build(channel, data, event=event)
     if durable is None:
         durable = conf.get("DURABLE")
-    if durable is False:
-        validate_channel(channel)
-        payload = encode_payload(data, event=event)
-        _execute(alias, channel, NOTIFY_SQL, [channel, payload])
-        return None
-    params = list(prepare(channel, data, event))
-    if durable is None and not _durable_available(alias, channel):
-        _execute(alias, channel, NOTIFY_SQL, [channel, encode_payload(data, event=event)])
-        return None
-    row = _execute(alias, channel, PUBLISH_SQL, params)
-    return int(row[0]) if row is not None else None
+    db = DjangoConnector(using or conf.database_alias())
+    try:
+        return postgres.publish_on(db, message, durable)
+    except DatabaseError as exc:
+        raise translate(exc, f"publishing on {channel!r}", where=db.where, hint=db.hint) from exc
 
 
 def last_event_id(channel: str, *, using: str | None = None) -> int | None:
     """The id of the newest event published on the durable ``channel`` (None: none yet,
     or no schema). Render it into a page so that its stream resumes right after what
     the page shows: ``?lastEventId=<id>`` (see ``docs/django.md``)."""
-    alias = using or conf.database_alias()
+    db = DjangoConnector(using or conf.database_alias())
     try:
-        if not _durable_available(alias, channel):
+        if not postgres.installed(db):
             return None
-        with connections[alias].cursor() as cursor:
-            cursor.execute(LAST_ID_SQL, [channel])
-            row = cursor.fetchone()
+        row = db.fetchone(statements.LAST_ID, [channel])
     except DatabaseError as exc:
         raise PublishError(f"reading the last id of {channel!r} failed: {exc}") from exc
     return int(row[0]) if row is not None else 0
 
 
-def _durable_available(alias: str, channel: str) -> bool:
-    connection = connections[alias]
-    connection.ensure_connection()
-    raw = connection.connection
-    known = _available.get(raw)
-    if known is None:
-        with connection.cursor() as cursor:
-            cursor.execute(AVAILABLE_SQL, [PUBLISH_FUNCTION])
-            row = cursor.fetchone()
-        known = _available[raw] = bool(row and row[0])
-    return known
-
-
-def _execute(alias: str, channel: str, query: str, params: list[Any]) -> Any:
-    try:
-        with connections[alias].cursor() as cursor:
-            cursor.execute(query, params)
-            return cursor.fetchone()
-    except DatabaseError as exc:
-        cause = exc.__cause__
-        if getattr(cause, "sqlstate", None) in _MISSING_CODES and query == PUBLISH_SQL:
-            raise SchemaMissing(
-                f"the sserelay schema is not installed in database {alias!r}: "
-                "run `manage.py migrate sserelay`"
-            ) from exc
-        raise PublishError(f"publishing on {channel!r} failed: {exc}") from exc
-
-
 def forget(raw_connection: Any) -> None:
     """Forget whether ``raw_connection``'s database has the schema (it just changed)."""
-    _available.pop(raw_connection, None)
+    postgres.forget(raw_connection)

@@ -17,10 +17,9 @@ import asyncio
 import logging
 from typing import Any
 
-import psycopg
 from django.db import connections
-from psycopg.conninfo import make_conninfo
 
+from ...bus.postgres.admin import libpq_dsn
 from ...errors import ConfigError, SseRelayError
 from ...relay import OpenStreams, Relay
 from . import conf
@@ -31,10 +30,6 @@ log = logging.getLogger("sserelay.django")
 POSTGRES_ENGINES = frozenset(
     {"django.db.backends.postgresql", "django.contrib.gis.db.backends.postgis"}
 )
-
-
-def _libpq_keywords() -> frozenset[str]:
-    return frozenset(option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults())
 
 
 def listener_dsn(alias: str | None = None) -> str:
@@ -50,14 +45,7 @@ def listener_dsn(alias: str | None = None) -> str:
     wrapper = connections[alias]
     if wrapper.settings_dict.get("ENGINE") not in POSTGRES_ENGINES:
         raise ConfigError(f"DATABASES[{alias!r}] is not PostgreSQL; sserelay needs PostgreSQL")
-    params = wrapper.get_connection_params()
-    keywords = _libpq_keywords()
-    clean = {
-        key: str(value)
-        for key, value in params.items()
-        if key in keywords and value is not None and value != ""
-    }
-    return make_conninfo("", **clean)
+    return libpq_dsn(wrapper.get_connection_params())
 
 
 class RelayRuntime:

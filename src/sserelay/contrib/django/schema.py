@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
-
-from ... import schema
+from ...bus.postgres import schema
+from ...bus.postgres.admin import is_psycopg_connection
 from ...errors import ConfigError
 from .publish import forget
 
 
-def _raw(connection: Any) -> psycopg.Connection[Any]:
+def _raw(connection: Any) -> Any:
     if connection.vendor != "postgresql":
         raise ConfigError(f"sserelay needs PostgreSQL, not {connection.vendor}")
     connection.ensure_connection()
     raw = connection.connection
-    if not isinstance(raw, psycopg.Connection):
+    if not is_psycopg_connection(raw):
         raise ConfigError("sserelay needs Django to use psycopg 3 (pip install 'psycopg[binary]')")
     return raw
 

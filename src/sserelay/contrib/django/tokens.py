@@ -16,9 +16,11 @@ from urllib.parse import quote, urlencode
 from django.core.exceptions import PermissionDenied
 from django.urls import reverse
 
-from ...auth import load_private_key, matches_any, mint_token, read_key_file
-from ...channels import validate_channel
-from ...errors import ConfigError
+from ...access.keys import load_private_key, read_key_file
+from ...access.patterns import matches_any, validate_pattern
+from ...access.tokens import mint_token
+from ...errors import ConfigError, InvalidChannel
+from ...wire.channels import validate_channel
 from . import conf
 
 __all__ = ["check_can_subscribe", "stream_url", "token_for"]
@@ -30,12 +32,37 @@ def _subject(user: Any) -> str | None:
     return str(user.get_username() if hasattr(user, "get_username") else user.pk)
 
 
-def token_for(user: Any, channels: Iterable[str], *, ttl: float | None = None) -> str:
-    """A token letting ``user`` read ``channels`` (names or patterns), or PermissionDenied
-    if ``SSERELAY["CAN_SUBSCRIBE"]`` refuses one. The token's ``sub`` is the username
-    (anonymous users get none). ConfigError if no key is configured."""
-    channels = list(channels)
-    check_can_subscribe(user, channels)
+def literal_names(channels: Iterable[str]) -> list[str]:
+    """``channels`` as channel names; a ``*`` in one is refused (a token would read it as a
+    pattern and grant more than the name: pass ``patterns=`` to grant a pattern)."""
+    names = list(channels)
+    for name in names:
+        validate_channel(name)
+        if "*" in name:
+            raise InvalidChannel(
+                f"{name[:80]!r} contains '*', which a token reads as a pattern: channel names "
+                "given here are literal; to grant a pattern, pass token_for(..., patterns=[...])"
+            )
+    return names
+
+
+def token_for(
+    user: Any,
+    channels: Iterable[str] = (),
+    *,
+    patterns: Iterable[str] = (),
+    ttl: float | None = None,
+) -> str:
+    """A token letting ``user`` read ``channels`` (literal names) and, if given, every
+    channel matching ``patterns`` (``room-*``), or PermissionDenied if
+    ``SSERELAY["CAN_SUBSCRIBE"]`` refuses one: it is asked about each name, and about each
+    pattern as its text (``"room-*"``), so it must decide what a pattern grants. The
+    token's ``sub`` is the username (anonymous users get none). ConfigError if no key is
+    configured."""
+    names = literal_names(channels)
+    grants = [validate_pattern(p) for p in patterns]
+    check_can_subscribe(user, [*names, *grants])
+    channels = [*names, *grants]
     lifetime = float(conf.get("TOKEN_TTL") if ttl is None else ttl)
     secret = conf.get("JWT_SECRET")
     private = conf.get("JWT_PRIVATE_KEY")
@@ -70,11 +97,9 @@ def stream_url(
     (PermissionDenied if ``CAN_SUBSCRIBE`` refuses). ``last_event_id`` makes the stream
     start after that event (see :func:`~sserelay.contrib.django.last_event_id`).
     """
-    names = [channels] if isinstance(channels, str) else list(channels)
+    names = literal_names([channels] if isinstance(channels, str) else channels)
     if not names:
         raise ValueError("stream_url needs at least one channel")
-    for name in names:
-        validate_channel(name)
     query: list[tuple[str, str]] = []
     base = conf.get("STREAM_URL")
     if len(names) == 1:

@@ -15,20 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import quote
 
 import django
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
-from ...access import Lease
-from ...asgi import AsgiStream
-from ...hub import retry_hint
+from ...access.limits import Lease
+from ...core.hub import retry_hint
+from ...errors import HttpError
+from ...http.asgi import route_path, strip_root
+from ...http.buffered import BufferedStream
+from ...http.front import Admission, Response, dispatch, refusal, start_stream
+from ...http.request import HeaderCollector, Request
+from ...http.responses import error_body
 from ...relay import Relay
-from ...replay import CatchUp, catch_up_request
-from ...responses import SSE_HEADERS, cors_headers, error_body, preflight_headers
-from ...routes import HttpError, StreamRoute, route
 from .runtime import RelayRuntime, runtime
 
 __all__ = ["DjangoStream", "RequestState", "stream"]
@@ -40,15 +42,9 @@ log = logging.getLogger("sserelay.django")
 STATE_KEY = "sserelay.request"
 
 
-class DjangoStream(AsgiStream):
-    """One stream, as the hub sees it: the ASGI app's :class:`~sserelay.asgi.AsgiStream`
-    (same buffer, same slow-client rule), read by Django's response loop through
-    :meth:`chunks` instead of pumped into an ASGI ``send``."""
-
-    @property
-    def gone(self) -> bool:
-        """The client left (the ASGI wrapper saw ``http.disconnect``)."""
-        return self._gone
+class DjangoStream(BufferedStream):
+    """One stream, as the hub sees it: the ASGI front's buffered stream (same buffer, same
+    slow-client rule), read by Django's response loop through :meth:`chunks`."""
 
     def client_gone(self) -> None:
         self.disconnected()
@@ -76,22 +72,50 @@ class RequestState:
             self.stream.client_gone()
 
 
-def _error(
-    status: int, reason: str, headers: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()
-) -> HttpResponse:
-    response = HttpResponse(error_body(reason), status=status, content_type="application/json")
-    for name, value in headers:
+def django_response(answer: Response) -> HttpResponse:
+    """A front's :class:`~sserelay.http.front.Response` as Django's."""
+    response = HttpResponse(answer.body, status=answer.status)
+    if not any(name.lower() == "content-type" for name, _ in answer.headers):
+        del response["Content-Type"]  # Django's default; the other fronts send none
+    for name, value in answer.headers:
         response[name] = value
     return response
 
 
-def _request_headers(request: HttpRequest) -> dict[str, str]:
-    out = {}
-    for name in ("origin", "last-event-id", "authorization", "cookie"):
-        value = request.headers.get(name)
-        if value is not None:
-            out[name] = value
-    return out
+def _path(request: HttpRequest, channel: str | None) -> str:
+    """``/events`` or ``/events/<channel>``, the channel percent-encoded as the client sent
+    it (so that, as on the other fronts, a name that is not valid UTF-8 is refused as such,
+    not read with replacement characters)."""
+    if channel is None:
+        return "/events"
+    scope = getattr(request, "scope", None)
+    if isinstance(scope, dict) and scope.get("raw_path") is not None:
+        # The matched prefix (".../events/"), decoded, is what precedes the channel.
+        prefix = request.path_info[: len(request.path_info) - len(channel)].rstrip("/")
+        relative = strip_root(route_path(scope), prefix)
+        if relative is not None and relative != "/":
+            return "/events" + relative
+    return "/events/" + quote(channel, safe="")
+
+
+def _request(request: HttpRequest, channel: str | None, max_header_bytes: int) -> Request:
+    """The request as every front hands it to :func:`~sserelay.http.front.dispatch`."""
+    return front_request(request, _path(request, channel), max_header_bytes)
+
+
+def front_request(request: HttpRequest, path: str, max_header_bytes: int) -> Request:
+    """``request`` as the fronts share it, for ``path`` (as the relay would see it); its
+    headers through the one extraction (HttpError 431 past ``max_header_bytes``)."""
+    collector = HeaderCollector(max_header_bytes)
+    for name, value in request.headers.items():
+        collector.add(name, value)
+    return Request(
+        request.method or "GET",
+        path,
+        request.META.get("QUERY_STRING", ""),
+        collector.finish(),
+        request.META.get("REMOTE_ADDR"),
+    )
 
 
 async def stream(
@@ -101,47 +125,24 @@ async def stream(
     rt = runtime()
     if not isinstance(request, ASGIRequest):
         log.error("the sserelay stream view needs ASGI; under WSGI use `sserelay serve`")
-        return _error(503, "streams need an ASGI server here; see docs/django.md")
-    headers = _request_headers(request)
-    origin = headers.get("origin")
-    if request.method == "OPTIONS":
-        settings = (await rt.get()).settings
-        response = HttpResponse(status=204)
-        for name, value in preflight_headers(origin, settings.allowed_origins):
-            response[name] = value
-        return response
+        body = error_body("streams need an ASGI server here (docs/django.md, 'ASGI')")
+        return HttpResponse(body, status=503, content_type="application/json")
     try:
         relay = await rt.get()
     except Exception as exc:
         log.exception("the in-process relay cannot start")
-        return _error(503, f"relay cannot start: {str(exc).splitlines()[0] if str(exc) else exc}")
-    settings = relay.settings
-    path = "/events" if channel is None else "/events/" + quote(channel, safe="")
-    extra = cors_headers(origin, settings.allowed_origins)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        body = error_body(f"relay cannot start: {reason}")
+        return HttpResponse(body, status=503, content_type="application/json")
     try:
-        target = route(
-            request.method or "GET",
-            path,
-            request.META.get("QUERY_STRING", ""),
-            max_channels=settings.max_channels_per_stream,
-        )
-        if relay.hub.closing:
-            raise HttpError(503, "relay is shutting down", (("Retry-After", "1"),))
-        assert isinstance(target, StreamRoute)  # /events... is always a stream route
-        last_event_id = headers.get("last-event-id")
-        try:
-            catch_up = catch_up_request(target.channels, target.query, last_event_id)
-        except ValueError as exc:
-            raise HttpError(400, str(exc)) from None
-        lease = relay.access.admit(
-            target.channels, headers, target.query, request.META.get("REMOTE_ADDR")
-        )
-    except HttpError as exc:
-        relay.count_rejected(exc.status)
-        return _error(exc.status, exc.reason, [*exc.headers, *extra])
-    sub = DjangoStream(
-        target.channels, limit=settings.max_client_buffer, last_event_id=last_event_id
-    )
+        head = _request(request, channel, relay.settings.max_header_bytes)
+    except HttpError as exc:  # a head over max_header_bytes: 431, as on the other fronts
+        return django_response(refusal(relay, exc, None))
+    outcome = dispatch(relay, head)
+    if isinstance(outcome, Response):
+        return django_response(outcome)
+    assert isinstance(outcome, Admission)  # /events... is a stream route: never POST /publish
+    sub = DjangoStream(outcome.channels, limit=relay.settings.max_client_buffer)
     state = request.scope.get(STATE_KEY)
     if isinstance(state, RequestState):
         state.stream = sub
@@ -154,41 +155,40 @@ async def stream(
             "with sserelay.contrib.django.asgi.get_asgi_application() (docs/django.md)",
             django.get_version(),
         )
-    body = _events(rt, relay, sub, catch_up, lease, state)
-    streaming = _StreamResponse(body, lease)
-    for name, value in [*SSE_HEADERS, *extra]:
+    # Subscribed now, with no await since dispatch: shutdown cannot miss this stream.
+    start_stream(relay, sub, outcome)
+    streaming = _StreamResponse(
+        _events(rt, relay, sub, state), outcome.lease, lambda: relay.unsubscribe(sub)
+    )
+    for name, value in outcome.headers:
         streaming[name] = value
     return streaming
 
 
 class _StreamResponse(StreamingHttpResponse):
-    """Gives the stream's place in the limits back when Django closes the response, also
-    when the body was never iterated (an exception in middleware, a client gone before
-    the first byte); releasing is idempotent, so the normal path is unaffected."""
+    """Ends the stream (and gives its place in the limits back) when Django closes the
+    response, also when the body was never iterated (an exception in middleware, a
+    client gone before the first byte); both are idempotent, so the normal path is
+    unaffected."""
 
-    def __init__(self, body: AsyncIterator[bytes], lease: Lease) -> None:
+    def __init__(self, body: AsyncIterator[bytes], lease: Lease, end: Callable[[], None]) -> None:
         super().__init__(body)
         self._lease = lease
+        self._end = end
 
     def close(self) -> None:
         try:
             super().close()
         finally:
+            self._end()
             self._lease.release()
 
 
 async def _events(
-    rt: RelayRuntime,
-    relay: Relay,
-    sub: DjangoStream,
-    catch_up: CatchUp | None,
-    lease: Lease,
-    state: object,
+    rt: RelayRuntime, relay: Relay, sub: DjangoStream, state: object
 ) -> AsyncIterator[bytes]:
-    """The response body: subscribe, pass on what the hub writes, unsubscribe."""
+    """The response body: pass on what the hub writes, unsubscribe at the end."""
     retry_ms = relay.settings.retry_ms
-    sub.write(retry_hint(retry_ms))
-    relay.hub.subscribe(sub, catch_up, lease=lease)
     rt.streams.opened()
     try:
         async for chunk in sub.chunks():
@@ -196,14 +196,14 @@ async def _events(
     except asyncio.CancelledError:
         # The client left (Django 5 cancels the view) or the server gave up waiting at
         # shutdown: tell the browser when to come back, jittered as a graceful shutdown.
-        relay.hub.unsubscribe(sub)
+        relay.unsubscribe(sub)
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
         if not sub.gone:
             yield sub.take() + retry_hint(retry_ms, farewell=True)
     finally:
-        relay.hub.unsubscribe(sub)
+        relay.unsubscribe(sub)
         rt.streams.ended()
         if isinstance(state, RequestState):
             state.finished.set()

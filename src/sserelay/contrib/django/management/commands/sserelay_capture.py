@@ -4,13 +4,13 @@ the capture's status, or run a capturer (``--run``) with Django's database setti
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 from typing import Any
 
-import psycopg
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from .....bus.postgres.capture import Capturer, commands
+from .....bus.postgres.capture.serve import run_alone
+from .....bus.postgres.capture.status import describe
 from .....errors import SseRelayError
 from ...capture import apply
 from ...runtime import listener_dsn
@@ -39,14 +39,14 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        dsn = listener_dsn(options["database"])
         try:
-            with psycopg.connect(dsn, autocommit=True, application_name="sserelay-django") as conn:
-                if options["status"]:
-                    self._status(conn)
-                    return
-                installed, removed = apply(conn, remove_others=options["remove_others"])
-        except (SseRelayError, psycopg.Error) as exc:
+            dsn = listener_dsn(options["database"])
+            if options["status"]:
+                status = commands.status(dsn, application_name="sserelay-django")
+                self.stdout.write("\n".join(describe(status)))
+                return
+            installed, removed = apply(dsn, remove_others=options["remove_others"])
+        except SseRelayError as exc:
             raise CommandError(str(exc)) from None
         for rule in installed:
             events = ",".join(sorted(rule.events))
@@ -56,27 +56,11 @@ class Command(BaseCommand):
         if not installed:
             self.stdout.write("SSERELAY['CAPTURE'] names no model: nothing captured")
         if options["run"]:
-            asyncio.run(self._run(dsn))
+            self._run(dsn)
 
-    def _status(self, conn: psycopg.Connection[Any]) -> None:
-        from .....capture.cli import describe
-        from .....capture.status import read_status
+    def _run(self, dsn: str) -> None:
+        def started() -> None:
+            self.stdout.write("capturing (Ctrl-C to stop)")
 
-        status = read_status(conn)
-        if status is None:
-            raise CommandError("capture is not installed: run manage.py sserelay_capture")
-        self.stdout.write("\n".join(describe(status)))
-
-    async def _run(self, dsn: str) -> None:
-        from .....capture import Capturer
-
-        task = asyncio.create_task(Capturer(dsn).run())
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        self.stdout.write("capturing (Ctrl-C to stop)")
-        await stop.wait()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if asyncio.run(run_alone(Capturer(dsn), started=started)):
+            raise CommandError("the capturer ended by itself (see the log)")

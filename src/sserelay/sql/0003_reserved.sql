@@ -1,2 +1,0 @@
--- Reserved by the lead for a change of his own; a placeholder on the capture branch so that
--- the numbering stays contiguous. Replace it with his 0003 when the branches meet.
