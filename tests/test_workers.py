@@ -7,6 +7,7 @@ The relay runs as a real subprocess against a database of its own, so that
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -126,3 +128,39 @@ async def test_two_workers(own_db: str) -> None:
     assert "Traceback" not in serve.transcript(), serve.transcript()
     assert not re.search(r"worker \d+ .* exited", serve.transcript()), serve.transcript()
     await wait_for(lambda: listener_connections(own_db) == 0, "the listeners to disconnect")
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid and fields[0] != "Z":
+                    found.append(int(entry.name))
+    return found
+
+
+async def test_workers_exit_when_their_supervisor_is_killed(own_db: str) -> None:
+    """SIGKILL the supervisor: its workers notice (the kernel tells them) and exit, so
+    no orphan keeps serving unsupervised or holds the port."""
+    with started(["serve", "--workers", "2", "--port", "0", "--dsn", own_db]) as serve:
+        port = int(serve.expect(r"^sserelay: 2 workers on port (\d+)$").group(1))
+        for _ in range(2):
+            serve.expect(rf"serving on http://127\.0\.0\.1:{port} ")
+        workers = children(serve.pid)
+        assert len(workers) == 2, workers
+        os.kill(serve.pid, signal.SIGKILL)
+        await wait_for(lambda: not any(_alive(pid) for pid in workers), "the workers to exit")
+    with started(["serve", "--port", str(port), "--dsn", own_db]) as again:
+        again.expect(rf"serving on http://127\.0\.0\.1:{port} ")
+        assert again.stop() == 0, again.transcript()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
