@@ -339,6 +339,7 @@ async def test_a_dropped_slot_is_reported_and_recreated_on_request(capture_dsn: 
     async with running_capturer(capture_dsn, ready=lambda c: c.role == "slot_lost") as capturer:
         assert "does not exist" in (capturer.error or "")
         assert not capturer.healthy and capturer.status()["role"] == "slot_lost"
+        assert capturer.problem() == "capture slot lost"  # a relay's public /healthz reason
         with psycopg.connect(capture_dsn, autocommit=True) as conn:
             missed = conn.execute("SELECT event, data FROM sserelay.events WHERE channel = 'gone'")
             (event, data), *_ = missed.fetchall()

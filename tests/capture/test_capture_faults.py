@@ -23,6 +23,7 @@ from capture_helpers import execute, running_capturer
 
 from pgcluster import Cluster, capture_database, private_cluster
 from processes import SETTINGS_VARS, relay_process
+from sserelay import mint_token
 from sserelay.bus.postgres.capture import rules
 from sserelay.bus.postgres.capture import slot as capture_slot
 from sserelay.bus.postgres.capture.lsn import parse_lsn
@@ -31,6 +32,8 @@ from sserelay.testing import SseClient, raw_request, running_relay, showing_fram
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 HOST = "127.0.0.1"
+#: The relays' secret: /healthz shows the capture's detail to an admin token only.
+SECRET = "capture-faults-" + "s" * 32
 
 
 @pytest.fixture
@@ -184,7 +187,10 @@ async def test_capturer_killed_and_postgres_crashed_while_writers_commit(
 
 
 async def healthz(port: int) -> dict[str, object]:
-    response = await raw_request(HOST, port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    """The detailed /healthz (with an admin token)."""
+    admin = mint_token(SECRET, admin=True, ttl=60)
+    request = f"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\n\r\n"
+    response = await raw_request(HOST, port, request.encode())
     body: dict[str, object] = response.json()
     return body
 
@@ -196,8 +202,12 @@ def role(health: dict[str, object]) -> object:
 
 async def test_two_relays_one_consumes_the_other_takes_over(db: str, tmp_path: Path) -> None:
     log = tmp_path / "relays.log"
-    args = ("--capture", "--dsn", db, "--heartbeat", "30")
-    async with relay_process(*args, log=log) as a, relay_process(*args, log=log) as b:
+    args = ("--capture", "--dsn", db, "--heartbeat", "30", "--public-channel", "t")
+    env = {"SSERELAY_JWT_SECRET": SECRET}
+    async with (
+        relay_process(*args, log=log, env=env) as a,
+        relay_process(*args, log=log, env=env) as b,
+    ):
         await wait_until(
             lambda: _one_leader(a.port, b.port),
             timeout=60,
@@ -287,12 +297,14 @@ async def test_lag_past_the_limit_makes_healthz_fail(db: str) -> None:
         capturer = relay.capturer
         assert capturer is not None
         await wait_until(lambda: capturer.lag_seconds is not None, timeout=30)
-        status, body = relay.health()
+        status, body = relay.health(detail=True)
         assert status == 200 and body["capture"]["lag_bytes"] is not None  # type: ignore[index]
+        assert "capture" not in relay.health()[1]  # the public view: status and reason only
         with psycopg.connect(db) as blocker:  # the log writer will wait for this lock
             blocker.execute("LOCK TABLE sserelay.capture_state IN ACCESS EXCLUSIVE MODE")
             await wait_until(lambda: relay.health()[0] == 503, timeout=30)
-            status, body = relay.health()
+            assert relay.health()[1] == {"status": "unavailable", "reason": "capture lagging"}
+            status, body = relay.health(detail=True)
             assert body["capture"]["healthy"] is False  # type: ignore[index]
             assert body["capture"]["lag_seconds"] > 1.0  # type: ignore[index]
         await wait_until(lambda: relay.health()[0] == 200, timeout=30)
