@@ -4,7 +4,7 @@ Three ways of getting an INSERT to the browser, measured in the same run, throug
 same relay process (``sserelay serve --capture``) and the same client:
 
   capture   the table has a capture rule; the writers only INSERT;
-  trigger   the table has the trigger ``sserelay.schema.trigger_sql`` makes (a
+  trigger   the table has the trigger ``sserelay.bus.postgres.schema.trigger_sql`` makes (a
             ``sserelay.publish`` per row, inside the writing transaction);
   publish   the writers call ``sserelay.publish()`` themselves, in the INSERT's
             transaction (what ``publish_changes`` in Django does).

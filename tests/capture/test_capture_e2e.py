@@ -36,6 +36,7 @@ async def relay(capture_dsn: str) -> AsyncIterator[Relay]:
     async with running_relay(capture_dsn, capture=True, heartbeat=30.0) as relay:
         capturer = relay.capturer
         assert capturer is not None
+        assert "capture" in relay.tasks.running()  # a supervised service, as the listener
         await wait_until(lambda: capturer.streaming, timeout=30, message=lambda: capturer.role)
         yield relay
 
