@@ -57,6 +57,23 @@ def _wait_port(port: int, procs: list[subprocess.Popen[bytes]], timeout: float =
     raise ConfigError(f"nothing listens on port {port} after {timeout:.0f}s")
 
 
+def _servers(
+    mode: str, env: dict[str, str], *, host: str, port: int, relay_port: int
+) -> tuple[list[tuple[list[str], dict[str, str]]], str]:
+    """The demo's processes (command, environment) for ``mode``, and how they serve."""
+    python = sys.executable
+    if mode == "asgi":
+        uvicorn = [python, "-m", "uvicorn", "chatsite.asgi:application"]
+        uvicorn += ["--host", host, "--port", str(port), "--timeout-graceful-shutdown", "3"]
+        return [(uvicorn, env)], "Django (ASGI, uvicorn) serves the pages and the streams"
+    relay_env = dict(env, ALLOWED_ORIGINS=f"http://{host}:{port}")
+    relay = [python, "-m", "sserelay", "serve", "--host", host, "--port", str(relay_port)]
+    django_env = dict(env, CHAT_STREAM_URL=f"http://{host}:{relay_port}")
+    runserver = [python, "manage.py", "runserver", f"{host}:{port}", "--noreload"]
+    how = f"Django (WSGI) serves the pages, `sserelay serve` the streams on :{relay_port}"
+    return [(relay, relay_env), (runserver, django_env)], how
+
+
 def run_demo(
     dsn: str, *, mode: str, host: str, port: int, relay_port: int, example: Path | None
 ) -> int:
@@ -80,20 +97,7 @@ def run_demo(
         [python, "manage.py", "migrate", "--verbosity", "0"], cwd=chat, env=env, check=True
     )
     url = f"http://{host}:{port}/"
-    commands: list[tuple[list[str], dict[str, str]]] = []
-    if mode == "asgi":
-        uvicorn = [python, "-m", "uvicorn", "chatsite.asgi:application"]
-        uvicorn += ["--host", host, "--port", str(port), "--timeout-graceful-shutdown", "3"]
-        commands.append((uvicorn, env))
-        how = "Django (ASGI, uvicorn) serves the pages and the streams"
-    else:
-        relay_env = dict(env, ALLOWED_ORIGINS=f"http://{host}:{port}")
-        relay = [python, "-m", "sserelay", "serve", "--host", host, "--port", str(relay_port)]
-        commands.append((relay, relay_env))
-        django_env = dict(env, CHAT_STREAM_URL=f"http://{host}:{relay_port}")
-        runserver = [python, "manage.py", "runserver", f"{host}:{port}", "--noreload"]
-        commands.append((runserver, django_env))
-        how = f"Django (WSGI) serves the pages, `sserelay serve` the streams on :{relay_port}"
+    commands, how = _servers(mode, env, host=host, port=port, relay_port=relay_port)
     procs = [subprocess.Popen(args, cwd=chat, env=e) for args, e in commands]
     stopping = False
 
