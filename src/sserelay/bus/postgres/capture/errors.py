@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import psycopg
 
 from ....errors import BrokerUnavailable, SseRelayError
+from ..errors import first_line
 
 
 class CaptureError(SseRelayError):
@@ -27,11 +28,6 @@ class NotInstalled(CaptureError):
     """The database has no capture installed (``sserelay capture add`` makes it)."""
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 @contextlib.contextmanager
 def translated(what: str) -> Iterator[None]:
     """Driver errors inside become :class:`BrokerUnavailable` (the connection or the server
@@ -39,6 +35,6 @@ def translated(what: str) -> Iterator[None]:
     try:
         yield
     except psycopg.OperationalError as exc:
-        raise BrokerUnavailable(f"capture: {what}: {_first_line(exc)}") from exc
+        raise BrokerUnavailable(f"capture: {what}: {first_line(exc)}") from exc
     except psycopg.Error as exc:
-        raise DatabaseRefused(f"capture: {what}: {_first_line(exc)}") from exc
+        raise DatabaseRefused(f"capture: {what}: {first_line(exc)}") from exc

@@ -28,7 +28,8 @@ import psycopg
 from psycopg import sql
 
 from ....errors import ConfigError
-from .tables import TableInfo, check_rule, first_line, inspect_table
+from ..errors import first_line
+from .tables import TableInfo, check_rule, inspect_table
 from .template import Template
 
 ROW_EVENTS = ("insert", "update", "delete")

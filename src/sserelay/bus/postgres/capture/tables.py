@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from ....errors import ConfigError
+from ..errors import first_line
 
 if TYPE_CHECKING:
     from .rules import Rule
@@ -83,10 +84,6 @@ def inspect_table(conn: psycopg.Connection[Any], table: str) -> TableInfo:
         else tuple(r[0] for r in conn.execute(_KEY_SQL, (relid, identity)))
     )
     return TableInfo(int(relid), schema, name, kind, identity, columns, key)
-
-
-def first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def check_rule(info: TableInfo, rule: Rule) -> None:
