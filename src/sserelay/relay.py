@@ -114,7 +114,10 @@ class Relay:
         if settings.capture:
             from .bus.postgres.capture.serve import capturer_for
 
-            self.capturer = capturer_for(dsn, bus=settings.bus, max_lag=settings.capture_max_lag)
+            # A direct session, as the listener's: a replication connection and a session
+            # advisory lock pass no PgBouncer in transaction mode.
+            direct = settings.listen_dsn or dsn
+            self.capturer = capturer_for(direct, bus=settings.bus, max_lag=settings.capture_max_lag)
         self.started = time.time()
         #: The service that could not be kept running, once one could not.
         self.failure: str | None = None

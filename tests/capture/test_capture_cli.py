@@ -140,3 +140,14 @@ def test_capture_needs_the_postgres_bus() -> None:
 
     with pytest.raises(ConfigError, match="capture needs the PostgreSQL bus"):
         Relay(Settings(capture=True, redis_url="redis://127.0.0.1:6379/0"))
+
+
+def test_a_relay_captures_through_its_direct_dsn() -> None:
+    """The capturer needs a session (replication, an advisory lock): listen_dsn's."""
+    from sserelay.relay import Relay
+
+    direct, pooled = "postgresql://direct/app", "postgresql://pgbouncer/app"
+    relay = Relay(Settings(capture=True, dsn=pooled, listen_dsn=direct), dsn=pooled)
+    assert relay.capturer is not None and relay.capturer.dsn == direct
+    relay = Relay(Settings(capture=True, dsn=pooled), dsn=pooled)
+    assert relay.capturer is not None and relay.capturer.dsn == pooled
