@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ....core.channel import MISSED_EVENT
 from ....errors import SseRelayError
 from .pgoutput import UNCHANGED, Delete, Insert, Relation, Tuple, Update, Value
 from .rules import Rule
@@ -198,10 +199,8 @@ def truncate_data(lsn: str, commit_time: str) -> str:
     return "{" + tail(lsn, commit_time)[1:]
 
 
-#: The event a captured channel gets when changes were lost (the slot was).
-MISSED_EVENT = "missed"
-
-
 def missed_event(channel: str, reason: str) -> CapturedEvent:
-    """``missed`` on ``channel``: a page that sees it reloads its state."""
+    """``missed`` on ``channel`` (the name the relay gives its own, logged here since the
+    changes were lost for every reader: the slot was): a page that sees it reloads its
+    state."""
     return CapturedEvent(channel, MISSED_EVENT, _dumps({"channel": channel, "reason": reason}))
