@@ -3,6 +3,9 @@ one-command quick start."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -15,8 +18,25 @@ from sserelay.bus.postgres.embedded import start_embedded
 pytestmark = pytest.mark.integration
 
 
-def test_embedded_postgres_can_capture(tmp_path: Path) -> None:
-    dsn = start_embedded(tmp_path / "pgdata")
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A directory outside pytest's own: as root, the embedded server runs as the user
+    ``pgserver``, who must traverse the path, and a pytest starting meanwhile (another
+    engineer's, on a shared machine) makes /tmp/pytest-of-root private again."""
+    root = Path(tempfile.mkdtemp(prefix="sserelay-embedded-"))
+    try:
+        yield root / "pgdata"
+    finally:
+        if (root / "pgdata").exists():
+            import pgserver
+
+            # Stopped now (not at exit, as sserelay leaves it): its directory goes next.
+            pgserver.get_server(root / "pgdata").cleanup()  # type: ignore[attr-defined]  # untyped
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_embedded_postgres_can_capture(data_dir: Path) -> None:
+    dsn = start_embedded(data_dir)
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert conn.execute("SHOW wal_level").fetchone() == ("logical",)
         conn.execute("CREATE TABLE lobby_message (id serial PRIMARY KEY, text text)")
@@ -25,4 +45,4 @@ def test_embedded_postgres_can_capture(tmp_path: Path) -> None:
         assert slot == "sserelay_postgres" and rule.publication == "sserelay_capture_iudt"
         capture_slot.uninstall(conn)
     # Attaching again (as a second sserelay command does) keeps it so, with no restart.
-    assert start_embedded(tmp_path / "pgdata") == dsn
+    assert start_embedded(data_dir) == dsn
