@@ -2,6 +2,11 @@
 
 - ``SSERELAY_TEST_DSN`` if set (CI points it at the machine's server), else
 - an embedded PostgreSQL (``pgserver``) started once per session in a temp dir.
+
+Temp dirs (``tmp_path``, and so the embedded databases) live under ``.pytest-tmp/`` in the
+checkout, one directory per run, not in ``/tmp/pytest-of-<user>``: another pytest run on the
+machine resets that directory to 0700 and deletes old runs in it, which cut the embedded
+server (running as its own system user) off from its data directory mid-run.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -25,6 +31,31 @@ from sserelay.bus.redis.publish import RedisBus as RedisPublisher
 from sserelay.bus.redis.scripts import stream_key
 from sserelay.relay import Relay
 from sserelay.testing import notify, running_relay, temporary_database
+
+RUNS = Path(__file__).resolve().parents[1] / ".pytest-tmp"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the run a temp dir of its own under ``.pytest-tmp/`` (``--basetemp`` wins)."""
+    if config.option.basetemp:
+        return
+    RUNS.mkdir(exist_ok=True)
+    for old in RUNS.glob("run-*"):
+        pid = old.name.removeprefix("run-")
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)  # a run that has ended
+    config.option.basetemp = str(RUNS / f"run-{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @pytest.fixture(scope="session")

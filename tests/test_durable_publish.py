@@ -277,9 +277,13 @@ def test_publish_chooses_the_durable_path(db: str, channel: str) -> None:
         assert publish(db, channel, "via dsn") == 1
         assert publish(conn, channel, "via connection") == 2
         assert publish(conn, channel, "plain", durable=False) is None
-        assert publish(conn, channel, "own id", id="abc") is None  # the log cannot keep it
-        with pytest.raises(InvalidEvent, match="durable"):
-            publish(conn, channel, "x", id="abc", durable=True)
+        # An id of the caller's among the log's ids would break resume: plain only if asked.
+        for own in ({"id": "abc"}, {"retry": 5000}, {"id": 42, "retry": 5000}):
+            with pytest.raises(InvalidEvent, match="numbers each channel's events itself"):
+                publish(conn, channel, "x", **own)  # type: ignore[arg-type]
+            with pytest.raises(InvalidEvent, match="durable"):
+                publish(conn, channel, "x", durable=True, **own)  # type: ignore[arg-type]
+        assert publish(conn, channel, "own id", id="abc", durable=False) is None
         assert payloads(conn, 4) == [
             {"seq": 1, "data": "via dsn"},
             {"seq": 2, "data": "via connection"},
@@ -295,6 +299,8 @@ async def test_async_publish(db: str, channel: str) -> None:
         assert await apublish(conn, channel, "b") == 3
         assert await apublish(db, channel, "c", durable=True) == 4
         assert await apublish(conn, channel, "raw", durable=False) is None
+        with pytest.raises(InvalidEvent, match="leave id out"):
+            await apublish(conn, channel, "own id", id=7)
         async with conn.transaction(force_rollback=True):
             assert await apublish(conn, channel, "rolled back") == 5
     assert rows(db, channel) == [(1, "e", "a"), (2, None, "[1]"), (3, None, "b"), (4, None, "c")]

@@ -35,6 +35,7 @@ from sserelay import (
     publish,
 )
 from sserelay.bus.publish import MAX_PAYLOAD_BYTES
+from sserelay.testing import temporary_database
 from sserelay.wire.envelope import event_from_notification
 
 pytestmark = pytest.mark.integration
@@ -131,6 +132,19 @@ def test_events_arrive_in_order(
     for i in range(5):
         publish(conn, channel, f"event {i}", **raw(publish))
     assert [listener.event()[0] for _ in range(5)] == [f"event {i}" for i in range(5)]
+
+
+def test_own_id_without_the_log_is_a_plain_event(dsn: str, channel: str) -> None:
+    """Left to decide (``durable=None``) on a database without the sserelay schema, an
+    event with an id of the caller's is a plain NOTIFY carrying it. (With the schema it is
+    refused: test_durable_publish.py.)"""
+    with temporary_database(dsn) as bare:
+        listener = Listener(bare, channel)
+        try:
+            assert publish(bare, channel, "mine", id=42, retry=5000) is None
+            assert listener.event() == ("mine", None, "42", 5000)
+        finally:
+            listener.close()
 
 
 async def test_apublish_with_a_dsn(dsn: str, channel: str, listener: Listener) -> None:

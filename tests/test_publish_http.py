@@ -148,6 +148,26 @@ async def test_durable_channels_answer_with_the_event_id(kind: str, durable_dsn:
             await resumed.close()
 
 
+async def test_an_id_of_its_own_on_a_durable_bus_is_400(kind: str, durable_dsn: str) -> None:
+    """With the log installed the log numbers the channel's events: an ``id`` in the body
+    is refused (issue 12, item 15), and nothing is published."""
+    channel = unique()
+    async with serving(kind, durable_dsn, jwt_secret=SECRET, public_channels=("*",)) as front:
+        form = urlencode({"channel": channel, "data": "x", "id": "7"})
+        for body, content_type in (
+            ({"channel": channel, "data": 1, "id": "42"}, "application/json"),
+            (form, "application/x-www-form-urlencoded"),
+        ):
+            response = await post(front, body, token=publisher(channel), content_type=content_type)
+            assert response.status == 400, response.body
+            reason = response.json()["error"]
+            assert "numbers each channel's events itself" in reason, reason
+            assert "leave id out" in reason, reason
+        response = await post(front, {"channel": channel, "data": 1}, token=publisher(channel))
+        assert response.status == 200, response.body
+        assert response.json()["id"] == 1  # the refused events took no id
+
+
 async def test_expect_100_continue(closed: Front) -> None:
     channel = unique()
     response = await post(

@@ -25,7 +25,7 @@ from sserelay.bus.redis.publish import RedisBus
 from sserelay.bus.redis.scripts import MAX_RAW_PAYLOAD_BYTES, stream_key
 from sserelay.cli.common import bus_settings
 from sserelay.config import Settings, load_settings, settings_from_env
-from sserelay.errors import ConfigError, InvalidChannel, PayloadTooLarge
+from sserelay.errors import ConfigError, InvalidChannel, InvalidEvent, PayloadTooLarge
 from sserelay.relay import Relay
 from sserelay.testing import SseClient, raw_request, running_relay, showing_frames, wait_until
 from sserelay.wire.ids import StreamEntryIds, entry_id, parse_last_event_id
@@ -244,7 +244,9 @@ async def test_publish_api_takes_a_redis_url(redis_url: str, prefix: str) -> Non
         second = await asyncio.to_thread(sserelay.publish, bus, channel, "two")
         assert isinstance(second, str) and position(second) > position(first)
         assert await sserelay.apublish(bus, channel, "raw", durable=False) is None
-        assert await sserelay.apublish(bus, channel, "with id", id=7) is None  # raw
+        assert await sserelay.apublish(bus, channel, "with id", id=7, durable=False) is None
+        with pytest.raises(InvalidEvent, match="Redis stream, which numbers"):
+            await sserelay.apublish(bus, channel, "with id", id=7)  # the stream numbers events
         with pytest.raises(PayloadTooLarge):
             await sserelay.apublish(bus, channel, "x" * MAX_RAW_PAYLOAD_BYTES, durable=False)
         with pytest.raises(InvalidChannel):

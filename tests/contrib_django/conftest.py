@@ -1,6 +1,6 @@
 """Django is configured once per test session, on a database of its own, with the chat
-example (``examples/chat``) as the project: its app and model exercise the integration
-the way a user's project does. Servers started by these tests run the same project.
+example (``sserelay/contrib/django/example``) as the project: its app and model exercise
+the integration the way a user's project does. Servers started by these tests run the same project.
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from chromium_page import Page
 from django_helpers import CHAT
 
+from browser import chromium
 from sserelay.testing import temporary_database
 
 
@@ -29,6 +31,7 @@ def django_dsn(dsn: str) -> Iterator[str]:
         if str(CHAT) not in sys.path:
             sys.path.insert(0, str(CHAT))
         os.environ["DATABASE_URL"] = db
+        os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-secret-key")  # no key file
         from chatsite import settings as chat_settings  # reads DATABASE_URL
 
         from sserelay.contrib.django.conf import database_from_url
@@ -74,3 +77,30 @@ def _django_connections_closed() -> Iterator[None]:
         from django.db import connections
 
         connections.close_all()
+
+
+@pytest.fixture
+def pages() -> Iterator[tuple[Page, Page]]:
+    browser, driver = chromium()
+    first = Page(browser, driver)
+    try:
+        second = Page(browser, driver)
+    except BaseException:
+        first.quit()
+        raise
+    try:
+        yield first, second
+    finally:
+        first.quit()
+        second.quit()
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    """One headless Chromium."""
+    browser, driver = chromium()
+    made = Page(browser, driver)
+    try:
+        yield made
+    finally:
+        made.quit()

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CHAT = ROOT / "examples" / "chat"
+#: The chat example, where the package keeps it (``sserelay demo`` runs it from there).
+CHAT = ROOT / "src" / "sserelay" / "contrib" / "django" / "example"
 #: A secret for the tests that need tokens (32+ bytes).
 SECRET = "test-secret-for-sserelay-django-tests-0123456789"
 

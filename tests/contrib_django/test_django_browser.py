@@ -17,122 +17,16 @@ when they are missing, except in CI (``CI=true``), where that is a failure.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from chromium_page import Page
 from django_helpers import SECRET, Server, asgi_server, chat_env, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(300)]
-
-WAIT = 30.0  # seconds any one browser-side condition may take
-
-
-def _chromium() -> tuple[str, str]:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if browser and driver:
-        return browser, driver
-    reason = "headless browser test needs Debian's chromium and chromium-driver (apt-get install)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}: not found in CI, where .ci/run installs them")
-    pytest.skip(reason)
-
-
-class Page:
-    """One browser (its own profile, so its own user) on the chat."""
-
-    def __init__(self, browser: str, driver: str) -> None:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-
-        options = webdriver.ChromeOptions()
-        options.binary_location = browser
-        for arg in (
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-dev-shm-usage",
-            "--window-size=820,640",
-        ):
-            options.add_argument(arg)
-        self.driver = webdriver.Chrome(service=Service(driver), options=options)
-
-    def wait(self, condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-        from selenium.common.exceptions import TimeoutException
-        from selenium.webdriver.support.ui import WebDriverWait
-
-        try:
-            return WebDriverWait(self.driver, timeout, poll_frequency=0.05).until(
-                lambda _: condition()
-            )
-        except TimeoutException:
-            raise AssertionError(
-                f"{what}: not within {timeout}s; messages {self.texts()}, status {self.status()!r}"
-            ) from None
-
-    def enter(self, base: str, user: str, room: str) -> None:
-        from selenium.webdriver.common.by import By
-
-        self.driver.get(base + "/")
-        self.driver.find_element(By.NAME, "user").send_keys(user)
-        field = self.driver.find_element(By.NAME, "room")
-        field.clear()
-        field.send_keys(room)
-        field.submit()
-        self.wait(lambda: self.status() == "live", f"{user}'s page goes live")
-
-    def say(self, text: str) -> None:
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.common.keys import Keys
-
-        field = self.driver.find_element(By.NAME, "text")
-        field.send_keys(text + Keys.ENTER)
-        # Sent: the page empties the field once it has taken the text.
-        self.wait(lambda: field.get_attribute("value") == "", f"sending {text!r}")
-
-    def texts(self) -> list[str]:
-        try:
-            found = self.driver.execute_script(
-                "return Array.from(document.querySelectorAll('#messages li .text'),"
-                " (e) => e.textContent)"
-            )
-        except Exception as exc:  # the page is navigating: say so in failure messages
-            return [f"<{type(exc).__name__}>"]
-        return list(found)
-
-    def status(self) -> str:
-        try:
-            return str(
-                self.driver.execute_script("return document.getElementById('status').textContent")
-            )
-        except Exception:
-            return "<no page>"
-
-    def quit(self) -> None:
-        self.driver.quit()
-
-
-@pytest.fixture
-def pages() -> Iterator[tuple[Page, Page]]:
-    browser, driver = _chromium()
-    first = Page(browser, driver)
-    try:
-        second = Page(browser, driver)
-    except BaseException:
-        first.quit()
-        raise
-    try:
-        yield first, second
-    finally:
-        first.quit()
-        second.quit()
 
 
 def relay_server(db: str, port: int, site_port: int, log: Path) -> Server:

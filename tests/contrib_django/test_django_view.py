@@ -40,9 +40,11 @@ def server(django_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         srv.stop()
 
 
-async def open_stream(server: Server, path: str, **headers: str) -> SseClient:
+async def open_stream(
+    server: Server, path: str, *, token: str = TOKEN, **headers: str
+) -> SseClient:
     sep = "&" if "?" in path else "?"
-    return await SseClient.open(HOST, server.port, f"{path}{sep}token={TOKEN}", headers)
+    return await SseClient.open(HOST, server.port, f"{path}{sep}token={token}", headers)
 
 
 async def test_live_events_and_replay(server: Server, django_dsn: str) -> None:
@@ -117,11 +119,12 @@ async def test_300_streams_share_one_listener(server: Server, django_dsn: str) -
     gate = asyncio.Semaphore(50)
 
     async def connect(i: int) -> SseClient:
-        # A subject per stream: the per-subject limit (64 by default) is not under test here.
-        token = mint_token(SECRET, subscribe=["view-*"], ttl=600, subject=f"viewer-{i}")
-        path = f"/sse/events/{channels[i % 10]}?token={token}"
+        # 300 viewers, each with a token of their own: one subject may hold only
+        # max_streams_per_subject (64) streams, and a token without one counts as its address.
+        token = mint_token(SECRET, subscribe=["view-*"], subject=f"viewer-{i}", ttl=600)
         async with gate:
-            client = await SseClient.open(HOST, server.port, path, timeout=60)
+            path = f"/sse/events/{channels[i % 10]}"
+            client = await open_stream(server, path, token=token, timeout=60)
             assert client.status == 200
             await client.wait_ready(timeout=60)
             return client

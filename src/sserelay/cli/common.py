@@ -93,6 +93,15 @@ def bus_settings(args: argparse.Namespace) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]  # validated in __post_init__
 
 
+def require_redis(what: str) -> None:
+    """ConfigError naming the ``[redis]`` extra, rather than an ImportError from deep in
+    the bus, if the redis package is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("redis") is None:
+        raise ConfigError(f"{what} needs the redis package: pip install 'sserelay[redis]'")
+
+
 def env_dsn() -> str | None:
     value = settings_from_env().get("dsn")
     return value if isinstance(value, str) else None

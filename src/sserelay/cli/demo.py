@@ -16,8 +16,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Run the chat example (a Django site with live rooms) on the embedded "
         "PostgreSQL (or --dsn) and print its URL. Needs the [demo] extra: "
         "pip install 'sserelay[demo]'.",
-        epilog="environment: DATABASE_URL, SSERELAY_DATA_DIR, DJANGO_SECRET_KEY, "
-        "SSERELAY_JWT_SECRET (both generated when unset), LOG_LEVEL.",
+        epilog="environment: DATABASE_URL, SSERELAY_DATA_DIR, LOG_LEVEL, "
+        "SSERELAY_JWT_SECRET (generated when unset), DJANGO_SECRET_KEY (when unset, the "
+        "example keeps a key of its own in CHAT_SECRET_KEY_FILE, by default "
+        "~/.local/share/sserelay/chat-secret-key).",
     )
     p.add_argument(
         "--mode",
@@ -28,7 +30,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="the chat's port (8000)")
     p.add_argument("--relay-port", type=int, default=8001, help="wsgi mode: relay port (8001)")
-    p.add_argument("--example", type=Path, help="the chat example's directory (a copy of it)")
+    p.add_argument(
+        "--example",
+        type=Path,
+        help="run a copy of the chat example from this directory (default: the one "
+        "installed with sserelay, sserelay/contrib/django/example)",
+    )
     add_bus_options(p, redis=False)
     p.set_defaults(func=run)
 

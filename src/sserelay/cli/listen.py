@@ -16,7 +16,7 @@ from ..core.protocols import Notified
 from ..wire.channels import validate_channel
 from ..wire.envelope import event_from_notification
 from ..wire.ids import IdSpelling, IntegerIds, StreamEntryIds
-from .common import add_bus_options, bus_settings, resolve_dsn, run_async
+from .common import add_bus_options, bus_settings, require_redis, resolve_dsn, run_async
 
 DESCRIPTION = """\
 Print every event published on the CHANNELs as it arrives (Ctrl-C stops). It listens
@@ -73,6 +73,7 @@ class _Printer:
 async def listen(bus: Settings, channels: Sequence[str]) -> int:
     listener: Any
     if bus.bus == "redis":
+        require_redis("listening on Redis")
         from ..bus.redis.listener import RedisListener
 
         assert bus.redis_url is not None

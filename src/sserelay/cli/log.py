@@ -7,7 +7,15 @@ import datetime
 import sys
 
 from ..config import Settings
-from .common import add_bus_options, bus_settings, env_dsn, parse_duration, resolve_dsn, run_async
+from .common import (
+    add_bus_options,
+    bus_settings,
+    env_dsn,
+    parse_duration,
+    require_redis,
+    resolve_dsn,
+    run_async,
+)
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,6 +79,7 @@ def run_prune(args: argparse.Namespace) -> int:
 async def _prune_redis(
     bus: Settings, max_age: datetime.timedelta | None, max_count: int | None
 ) -> int:
+    require_redis("pruning on Redis")
     from ..bus.redis.log import RedisLog
 
     assert bus.redis_url is not None

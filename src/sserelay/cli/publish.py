@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from .common import add_bus_options, bus_settings, resolve_dsn
+from .common import add_bus_options, bus_settings, require_redis, resolve_dsn
 
 DESCRIPTION = """\
 Publish one event on CHANNEL: durable (written to the event log, its id printed) where
@@ -32,8 +32,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("channel", metavar="CHANNEL", help="the channel to publish on")
     p.add_argument("data", metavar="DATA", help="the event's data ('-' reads standard input)")
     p.add_argument("--event", help="SSE event name (default: message)")
-    p.add_argument("--id", help="SSE event id (makes the event a plain, non-durable one)")
-    p.add_argument("--retry", type=int, help="SSE retry hint in ms (plain events only)")
+    p.add_argument(
+        "--id",
+        help="SSE event id, for a plain event: the log numbers its own events, so with "
+        "the log installed (or on Redis) an id needs --no-durable",
+    )
+    p.add_argument("--retry", type=int, help="SSE retry hint in ms (plain events only, as --id)")
     p.add_argument(
         "--durable",
         action=argparse.BooleanOptionalAction,
@@ -50,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     bus = bus_settings(args)
     target: Any
     if bus.bus == "redis":
+        require_redis("publishing to Redis")
         from ..bus.redis.publish import RedisBus
 
         assert bus.redis_url is not None

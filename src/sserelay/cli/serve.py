@@ -65,14 +65,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--max-replay", type=int, help="most events replayed per channel to one stream (10000)"
     )
-    _add_token_options(p)
-    _add_limit_options(p)
+    _add_security_options(p)
     _add_capture_options(p)
     add_bus_options(p)
     p.set_defaults(func=run)
 
 
-def _add_token_options(p: argparse.ArgumentParser) -> None:
+def _add_security_options(p: argparse.ArgumentParser) -> None:
+    """Tokens and public channels."""
     p.add_argument(
         "--jwt-secret",
         help="HS256 secret verifying tokens; prefer env SSERELAY_JWT_SECRET (flags show in ps)",
@@ -91,9 +91,11 @@ def _add_token_options(p: argparse.ArgumentParser) -> None:
         help="channel (or pattern like 'news-*') anyone may read without a token; repeatable",
     )
     p.add_argument("--token-cookie", help="cookie that may carry the token (sserelay_token)")
+    _add_limit_options(p)
 
 
 def _add_limit_options(p: argparse.ArgumentParser) -> None:
+    """Limits on streams, channels and publishing."""
     p.add_argument("--max-streams", type=int, help="streams per process (default 20000)")
     p.add_argument(
         "--max-streams-per-client", type=int, help="streams per client address (default 0: none)"
@@ -143,6 +145,7 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_capture_options(p: argparse.ArgumentParser) -> None:
+    """Change data capture (docs/capture.md)."""
     p.add_argument(
         "--capture",
         action="store_const",

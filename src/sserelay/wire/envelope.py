@@ -11,6 +11,7 @@ verbatim as ``data``. So a payload is never rejected: at worst it arrives as tex
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,19 @@ class Event:
         frame = sse.encode_event(self.data, event=self.event, id=self.id, retry=self.retry)
         object.__setattr__(self, "frame", frame)
         object.__setattr__(self, "chunked", sse.chunk(frame))
+
+    @classmethod
+    def joined(cls, events: Sequence[Event]) -> Event:
+        """Consecutive plain events of one channel as one event-shaped value, whose frame
+        and chunk are theirs joined (written to a stream at once). It has no position."""
+        joined = cls.__new__(cls)
+        object.__setattr__(joined, "channel", events[0].channel)
+        object.__setattr__(joined, "data", "")
+        for name in ("event", "id", "retry", "seq"):
+            object.__setattr__(joined, name, None)
+        object.__setattr__(joined, "frame", b"".join(e.frame for e in events))
+        object.__setattr__(joined, "chunked", b"".join(e.chunked for e in events))
+        return joined
 
     def with_id(self, id: str) -> Event:
         """The same event under another ``id`` (a multi-channel stream's composite id)."""

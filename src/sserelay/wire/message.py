@@ -106,6 +106,22 @@ class Message:
         """Whether the event can go to a durable log (which gives ids and has no ``retry``)."""
         return self.id is None and self.retry is None
 
+    def refuse_own_fields(self, log: str) -> None:
+        """InvalidEvent if the event has an ``id`` or a ``retry`` of its own: a publish
+        left to decide (``durable=None``) on a bus that has a log goes into ``log``, which
+        numbers each channel's events itself. Sent as a plain event instead, the id would
+        land among the log's (``1, 42, 2``) and send a browser resuming from it back to
+        "now"; the caller asks for a plain event with ``durable=False``."""
+        given = [n for n, v in (("id", self.id), ("retry", self.retry)) if v is not None]
+        if given:
+            what = " and ".join({"id": "an id", "retry": "a retry"}[name] for name in given)
+            raise InvalidEvent(
+                f"{what} of your own cannot go into {log}, which numbers each channel's "
+                f"events itself: leave {' and '.join(given)} out, or send a plain event "
+                "(durable=False, or sserelay publish --no-durable), which is not kept for "
+                "replay"
+            )
+
     @cached_property
     def text(self) -> str:
         """The data as text: a ``str`` as is, anything else as compact JSON."""

@@ -10,7 +10,10 @@ procrastinate's connectors do.
   notified on commit); returns its id.
 - ``durable=False``: a plain ``pg_notify`` of the event's JSON envelope; returns None.
 - ``durable=None`` (the default): durable where the schema is installed (asked once per
-  connection), unless the event has its own ``id`` or a ``retry`` (the log has neither).
+  connection), else raw. The log numbers a channel's events itself, so an event with its
+  own ``id`` or a ``retry`` is raw only without the schema: with it, it is refused
+  (:meth:`~sserelay.wire.message.Message.refuse_own_fields`), since its id among the log's
+  would break ``Last-Event-ID`` resume; ``durable=False`` sends it raw on purpose.
 
 Inside a transaction the event goes out when it commits, never if it rolls back.
 """
@@ -107,11 +110,17 @@ def forget(key: object) -> None:
 
 def decide(durable: bool | None, message: Message) -> bool | None:
     """``durable`` resolved as far as the message allows (None: ask the database)."""
-    if message.durable_ok:
-        return durable
-    if durable:
+    if durable and not message.durable_ok:
         raise InvalidEvent("a durable event gets its id from the log and cannot carry retry")
-    return False
+    return durable
+
+
+def undecided(db: Connector | AsyncConnector, message: Message, installed: bool) -> bool:
+    """What ``durable=None`` comes to once the database has said whether it has the log:
+    durable if it has, and then an ``id``/``retry`` of the caller's is refused."""
+    if installed:
+        message.refuse_own_fields(f"the durable event log of {db.where}")
+    return installed
 
 
 def _statement(message: Message, durable: bool) -> tuple[str, Sequence[Any]]:
@@ -142,7 +151,7 @@ def publish_on(db: Connector, message: Message, durable: bool | None = None) -> 
     what = f"publishing on {message.channel!r}"
     try:
         if choice is None:
-            choice = installed(db)
+            choice = undecided(db, message, installed(db))
         query, params = _statement(message, choice)
         return _result(db.fetchone(query, params), choice)
     except Exception as exc:
@@ -160,10 +169,11 @@ async def apublish_on(
     what = f"publishing on {message.channel!r}"
     try:
         if choice is None:
-            choice = _installed.get(db.key)
-            if choice is None:
+            known = _installed.get(db.key)
+            if known is None:
                 row = await db.fetchone(statements.AVAILABLE, (statements.PUBLISH_FUNCTION,))
-                choice = _installed[db.key] = bool(row and row[0])
+                known = _installed[db.key] = bool(row and row[0])
+            choice = undecided(db, message, known)
         query, params = _statement(message, choice)
         return _result(await db.fetchone(query, params), choice)
     except DRIVER_ERRORS as exc:

@@ -3,8 +3,10 @@
 :class:`RedisBus` is what :func:`sserelay.publish` / :func:`sserelay.apublish` use when
 given a Redis URL (or one of these), and what the relay's ``POST /publish`` uses on
 Redis. A durable publish runs the atomic script of :mod:`~sserelay.bus.redis.scripts`
-and returns the stream entry id; ``durable=False`` (or an event with its own ``id`` or
-a ``retry``) is a plain ``PUBLISH`` of the event's JSON envelope.
+and returns the stream entry id; ``durable=False`` is a plain ``PUBLISH`` of the event's
+JSON envelope. The stream numbers a channel's events itself, so an event with its own
+``id`` or a ``retry`` needs ``durable=False``
+(:meth:`~sserelay.wire.message.Message.refuse_own_fields`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from .scripts import (
 )
 
 BUS = "Redis PUBLISH"
+#: The log, as :meth:`~sserelay.wire.message.Message.refuse_own_fields` names it.
+LOG = "the channel's Redis stream"
 
 
 def retention_args(count: int | None, age: float | None) -> tuple[int, int]:
@@ -37,13 +41,16 @@ def retention_args(count: int | None, age: float | None) -> tuple[int, int]:
 
 
 def _durable(durable: bool | None, message: Message) -> bool:
-    """Durable unless asked not to be or the event has an id or a retry (the log has
-    neither): the log is always there on Redis."""
-    if message.durable_ok:
-        return durable is not False
+    """Durable unless asked not to be: the log is always there on Redis. An event with an
+    id or a retry of its own (the log has neither) needs ``durable=False``."""
+    if durable is False:
+        return False
     if durable:
-        raise InvalidEvent("a durable event gets its id from the log and cannot carry retry")
-    return False
+        if not message.durable_ok:
+            raise InvalidEvent("a durable event gets its id from the log and cannot carry retry")
+    else:
+        message.refuse_own_fields(LOG)
+    return True
 
 
 class RedisBus:
@@ -135,7 +142,7 @@ class RedisBus:
         durable: bool | None = None,
     ) -> str | None:
         """Publish one event; return its stream entry id if durable (the default: the log
-        is always there on Redis), else None. ``id``/``retry`` make it raw."""
+        is always there on Redis), else None. ``id``/``retry`` need ``durable=False``."""
         return self.send(Message.build(channel, data, event=event, id=id, retry=retry), durable)
 
     async def apublish(

@@ -1,12 +1,13 @@
-"""``sserelay demo``: the chat example (``examples/chat``), running, in one command.
+"""``sserelay demo``: the chat example, running, in one command.
 
 - ``--mode asgi`` (default): Django under uvicorn serves pages and streams (the
   in-process view, one listener).
 - ``--mode wsgi``: Django's WSGI server for the pages, ``sserelay serve`` for the
   streams, sharing a token secret.
 
-Without ``--dsn``/``DATABASE_URL`` it uses the embedded PostgreSQL. The example lives
-in a source checkout (it is not part of the wheel): ``--example`` points elsewhere.
+Without ``--dsn``/``DATABASE_URL`` it uses the embedded PostgreSQL. The example ships
+in the package (:data:`EXAMPLE`, package data), so it runs from a wheel as from a clone;
+``--example`` runs a copy of it from elsewhere.
 """
 
 from __future__ import annotations
@@ -22,16 +23,18 @@ from pathlib import Path
 
 from ...errors import ConfigError
 
-#: Where the example is in a source checkout: <repo>/examples/chat.
-DEFAULT_EXAMPLE = Path(__file__).resolve().parents[4] / "examples" / "chat"
+#: The chat example (a Django project: ``manage.py``, ``chatsite/``, ``chat/``), shipped
+#: with the package.
+EXAMPLE = Path(__file__).resolve().parent / "example"
 
 
 def find_example(path: Path | None) -> Path:
-    example = (path or DEFAULT_EXAMPLE).resolve()
+    example = (path or EXAMPLE).resolve()
     if not (example / "manage.py").is_file():
+        where = "--example" if path else "this installation of sserelay"
         raise ConfigError(
-            f"no chat example at {example}: run `sserelay demo` from a source checkout "
-            "(git clone the sserelay repository) or pass --example PATH/TO/examples/chat"
+            f"no chat example at {example} ({where} has no manage.py): pass --example "
+            f"with a copy of {EXAMPLE}, or reinstall sserelay"
         )
     return example
 
@@ -57,21 +60,25 @@ def _wait_port(port: int, procs: list[subprocess.Popen[bytes]], timeout: float =
     raise ConfigError(f"nothing listens on port {port} after {timeout:.0f}s")
 
 
-def _servers(
-    mode: str, env: dict[str, str], *, host: str, port: int, relay_port: int
+def _commands(
+    python: str, env: dict[str, str], *, mode: str, host: str, port: int, relay_port: int
 ) -> tuple[list[tuple[list[str], dict[str, str]]], str]:
-    """The demo's processes (command, environment) for ``mode``, and how they serve."""
-    python = sys.executable
+    """The processes of ``mode`` (each with its environment), and what serves what."""
+    commands: list[tuple[list[str], dict[str, str]]] = []
     if mode == "asgi":
         uvicorn = [python, "-m", "uvicorn", "chatsite.asgi:application"]
         uvicorn += ["--host", host, "--port", str(port), "--timeout-graceful-shutdown", "3"]
-        return [(uvicorn, env)], "Django (ASGI, uvicorn) serves the pages and the streams"
-    relay_env = dict(env, ALLOWED_ORIGINS=f"http://{host}:{port}")
-    relay = [python, "-m", "sserelay", "serve", "--host", host, "--port", str(relay_port)]
-    django_env = dict(env, CHAT_STREAM_URL=f"http://{host}:{relay_port}")
-    runserver = [python, "manage.py", "runserver", f"{host}:{port}", "--noreload"]
-    how = f"Django (WSGI) serves the pages, `sserelay serve` the streams on :{relay_port}"
-    return [(relay, relay_env), (runserver, django_env)], how
+        commands.append((uvicorn, env))
+        how = "Django (ASGI, uvicorn) serves the pages and the streams"
+    else:
+        relay_env = dict(env, ALLOWED_ORIGINS=f"http://{host}:{port}")
+        relay = [python, "-m", "sserelay", "serve", "--host", host, "--port", str(relay_port)]
+        commands.append((relay, relay_env))
+        django_env = dict(env, CHAT_STREAM_URL=f"http://{host}:{relay_port}")
+        runserver = [python, "manage.py", "runserver", f"{host}:{port}", "--noreload"]
+        commands.append((runserver, django_env))
+        how = f"Django (WSGI) serves the pages, `sserelay serve` the streams on :{relay_port}"
+    return commands, how
 
 
 def run_demo(
@@ -87,7 +94,6 @@ def run_demo(
     env.update(
         DATABASE_URL=dsn,
         DJANGO_SETTINGS_MODULE="chatsite.settings",
-        DJANGO_SECRET_KEY=env.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(40),
         SSERELAY_JWT_SECRET=env.get("SSERELAY_JWT_SECRET") or secrets.token_urlsafe(32),
         PYTHONPATH=os.pathsep.join(p for p in (str(chat), env.get("PYTHONPATH")) if p),
     )
@@ -97,7 +103,7 @@ def run_demo(
         [python, "manage.py", "migrate", "--verbosity", "0"], cwd=chat, env=env, check=True
     )
     url = f"http://{host}:{port}/"
-    commands, how = _servers(mode, env, host=host, port=port, relay_port=relay_port)
+    commands, how = _commands(python, env, mode=mode, host=host, port=port, relay_port=relay_port)
     procs = [subprocess.Popen(args, cwd=chat, env=e) for args, e in commands]
     stopping = False
 

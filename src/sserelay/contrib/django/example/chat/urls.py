@@ -1,3 +1,5 @@
+"""The chat's URLs: the index and the rooms."""
+
 from django.urls import path
 
 from . import views

@@ -1,3 +1,5 @@
+"""The site's URLs: the chat, and the in-process streams under ``sse/``."""
+
 from django.urls import include, path
 
 urlpatterns = [

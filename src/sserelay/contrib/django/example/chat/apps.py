@@ -1,3 +1,5 @@
+"""The chat app: where its messages are published (``publish_changes``)."""
+
 from django.apps import AppConfig
 
 

@@ -1,3 +1,5 @@
+"""The chat's one table: messages, by room."""
+
 from django.db import migrations, models
 
 

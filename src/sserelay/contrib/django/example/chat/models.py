@@ -1,3 +1,5 @@
+"""The chat's model: a message in a room."""
+
 from django.db import models
 
 

@@ -4,6 +4,11 @@ environment, so one project runs both ways:
 - WSGI + relay: ``CHAT_STREAM_URL=http://127.0.0.1:8001`` (where ``sserelay serve``
   listens), and the relay runs with the same ``SSERELAY_JWT_SECRET``;
 - ASGI: no ``CHAT_STREAM_URL``; uvicorn serves the streams from Django itself.
+
+``DJANGO_SECRET_KEY`` signs the username cookie. Without it the example keeps a key of its
+own in a file (``CHAT_SECRET_KEY_FILE``, by default ``chat-secret-key`` in sserelay's data
+directory, next to the embedded database), created on first run: a key drawn anew at each
+start would void every open page's cookie at each restart. Production sets the variable.
 """
 
 import os
@@ -14,7 +19,28 @@ from sserelay.contrib.django.conf import database_from_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(40)
+
+def development_secret_key() -> str:
+    """The key kept in ``CHAT_SECRET_KEY_FILE``; made (readable by this user only) if missing."""
+    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    path = Path(os.environ.get("CHAT_SECRET_KEY_FILE") or data / "sserelay" / "chat-secret-key")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f"{path.name}.{os.getpid()}")
+        draft.touch(mode=0o600)
+        draft.write_text(secrets.token_urlsafe(40) + "\n")
+        # link(): the key appears whole or not at all, and of two processes starting at
+        # once the second keeps the first one's key.
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_text().strip()
+
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or development_secret_key()
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
 ALLOWED_HOSTS = ["*"]
 

@@ -1,9 +1,12 @@
+"""The chat's pages: pick a name and a room; a room (its messages, a form, the stream)."""
+
 import re
 
 from django.core.signing import BadSignature
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 from django.shortcuts import redirect, render
+from django.urls import reverse
 
 from sserelay.contrib.django import last_event_id
 
@@ -13,6 +16,10 @@ from .models import Message
 ROOM = re.compile(r"[a-z0-9-]{1,40}")
 USER_COOKIE = "chat_user"
 HISTORY = 100
+NOT_SIGNED_IN = (
+    "Not sent: this page's name is no longer valid (the server's secret key changed?). "
+    "Enter the room again."
+)
 
 
 def _username(request: HttpRequest) -> str | None:
@@ -25,24 +32,31 @@ def _username(request: HttpRequest) -> str | None:
 
 def index(request: HttpRequest) -> HttpResponse:
     """Pick a username and a room."""
+    user = _username(request) or ""
+    room = request.GET.get("room", "lobby")
+    error = ""
     if request.method == "POST":
         user = request.POST.get("user", "").strip()[:40]
         room = request.POST.get("room", "").strip().lower()
-        if not user or not ROOM.fullmatch(room):
-            return HttpResponseBadRequest("a username and a room (a-z, 0-9, -) please")
-        response = redirect("room", room=room)
-        response.set_signed_cookie(USER_COOKIE, user, httponly=True, samesite="Lax")
-        return response
+        if user and ROOM.fullmatch(room):
+            response = redirect("room", room=room)
+            response.set_signed_cookie(USER_COOKIE, user, httponly=True, samesite="Lax")
+            return response
+        error = "A name, and a room of 1 to 40 characters among a-z, 0-9 and - please."
     rooms = Message.objects.values_list("room", flat=True).distinct().order_by("room")
-    context = {"rooms": list(rooms), "user": _username(request) or ""}
-    return render(request, "chat/index.html", context)
+    context = {"rooms": list(rooms), "user": user, "room": room, "error": error}
+    return render(request, "chat/index.html", context, status=400 if error else 200)
 
 
 def room(request: HttpRequest, room: str) -> HttpResponse:
     """The room: its messages (server-rendered), a form, and the live stream."""
     user = _username(request)
     if user is None:
-        return redirect("index")
+        if request.headers.get("X-Requested-With") == "fetch":
+            # The page's script posts with fetch, which would follow a redirect to the
+            # index and see a 200: say why, so that the page can show it.
+            return HttpResponseForbidden(NOT_SIGNED_IN, content_type="text/plain")
+        return redirect(f"{reverse('index')}?room={room}")
     if request.method == "POST":
         text = request.POST.get("text", "").strip()[:500]
         if text:
