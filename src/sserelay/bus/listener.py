@@ -34,7 +34,7 @@ class ProbeFailed(Exception):
 
 
 class Listener(ABC, Generic[C]):
-    """The bus-neutral part of a :class:`~sserelay.broker.Broker`.
+    """The bus-neutral part of a :class:`~sserelay.core.protocols.Listener`.
 
     Subclasses keep ``_active`` (the live channels) up to date from their
     ``_step``, call :meth:`_connected` once a session is up, then ``await

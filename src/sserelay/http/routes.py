@@ -8,7 +8,7 @@
 - ``GET /healthz``, ``GET /metrics``.
 - ``GET /sserelay.js``, ``GET /sserelay.classic.js``: the browser client
   (:mod:`~sserelay.http.assets`).
-- ``POST /publish``: publish one event (see :mod:`sserelay.publishing`); every other
+- ``POST /publish``: publish one event (see :mod:`sserelay.http.publish`); every other
   method on ``/publish`` is a 405 with ``Allow: POST``.
 """
 

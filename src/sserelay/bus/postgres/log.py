@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
@@ -27,6 +28,8 @@ from ...wire.channels import validate_channel
 from ...wire.ids import IntegerIds
 from . import statements
 from .errors import DRIVER_ERRORS, translate, translated
+
+log = logging.getLogger("sserelay.postgres")
 
 T = TypeVar("T")
 Connectable = str | psycopg.Connection[Any]
@@ -169,7 +172,16 @@ class PostgresLog(IntegerIds, SharedReads):
         async def ask(conn: Any) -> bool:
             cursor = await conn.execute(statements.AVAILABLE, (statements.PUBLISH_FUNCTION,))
             row = await cursor.fetchone()
-            return bool(row and row[0])
+            if not (row and row[0]):
+                return False
+            cursor = await conn.execute(statements.AVAILABLE, (statements.NOTIFY_FUNCTION,))
+            row = await cursor.fetchone()
+            if not (row and row[0]):
+                log.warning(
+                    "the sserelay schema is older than version 3: durable events are notified "
+                    "on their channel, where they look like plain text; run `sserelay migrate`"
+                )
+            return True
 
         return await self._shared(("installed",), lambda: self._query("reading the schema", ask))
 

@@ -1,8 +1,8 @@
 """The ``sserelay`` schema in PostgreSQL: migrations, version, uninstall, trigger SQL.
 
 Durable channels live in the ``sserelay`` schema (see ``docs/durable.md``). Its SQL
-ships as numbered files in ``sserelay/sql/`` (``0001_initial.sql``, ...). :func:`migrate`
-applies the ones a database lacks, in order, in one transaction, under an advisory
+ships as numbered files in ``sserelay/bus/postgres/sql/`` (``0001_initial.sql``, ...).
+:func:`migrate` applies the ones a database lacks, in order, in one transaction, under an advisory
 lock, and records each in ``sserelay.schema_version``: running it twice is a no-op and
 concurrent runs are safe.
 """

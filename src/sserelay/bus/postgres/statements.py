@@ -10,6 +10,8 @@ import hashlib
 
 #: The signature whose presence means "durable publishing is available".
 PUBLISH_FUNCTION = "sserelay.publish(text,text,text)"
+#: Present from schema version 3: durable events are notified on a name of their own.
+NOTIFY_FUNCTION = "sserelay.notify_channel(text)"
 
 NOTIFY = "SELECT pg_notify(%s, %s)"
 PUBLISH = "SELECT sserelay.publish(%s::text, %s::text, %s::text)"

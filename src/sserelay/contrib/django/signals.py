@@ -12,7 +12,7 @@ signal handlers run inside the writing transaction and publish through the same
 connection, so the events commit or roll back with the rows.
 
 ``QuerySet.update()``, ``bulk_create()`` and raw SQL send no signals: for those, a
-database trigger (:func:`sserelay.schema.trigger_sql`) publishes every row change.
+database trigger (:func:`sserelay.bus.postgres.schema.trigger_sql`) publishes every row change.
 """
 
 from __future__ import annotations

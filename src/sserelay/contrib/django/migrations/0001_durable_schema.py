@@ -1,6 +1,6 @@
 """Install the durable-channel schema (``sserelay.events``, ``sserelay.publish()``, ...).
 
-Runs :func:`sserelay.schema.migrate` on Django's connection: idempotent and safe to run
+Runs :func:`sserelay.bus.postgres.schema.migrate` on Django's connection: idempotent and safe to run
 concurrently, so a database migrated with ``sserelay migrate`` is fine too. Later
 package versions add migrations here when they add SQL files.
 """
