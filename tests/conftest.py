@@ -69,6 +69,16 @@ def dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield start_embedded(Path(tmp_path_factory.mktemp("pg")) / "pgdata")
 
 
+@pytest.fixture(scope="session")
+def logical_cluster() -> Iterator[Any]:
+    """A private PostgreSQL with ``wal_level = logical``, for change data capture tests
+    (the machine's server is never reconfigured): see tests/pgcluster.py."""
+    from pgcluster import private_cluster
+
+    with private_cluster() as cluster:
+        yield cluster
+
+
 @pytest.fixture
 async def relay(dsn: str) -> AsyncIterator[Relay]:
     async with running_relay(dsn, heartbeat=30.0) as relay:

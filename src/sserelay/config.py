@@ -109,6 +109,10 @@ class Settings:
     publish_rate: float = 50.0
     #: ``POST /publish``: events a token subject (or client address) may send at once.
     publish_burst: int = 100
+    #: Run change data capture in this relay (``serve --capture``; docs/capture.md).
+    capture: bool = False
+    #: Seconds of capture lag past which ``/healthz`` answers 503 (None: never).
+    capture_max_lag: float | None = None
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]  # checked below
@@ -169,6 +173,7 @@ class Settings:
         if self.reconnect_max < self.reconnect_min:
             raise ConfigError("reconnect_max must not be smaller than reconnect_min")
         _check_broker(self)
+        _check_capture(self)
         if self.log_level not in logging.getLevelNamesMapping():
             raise ConfigError(f"log_level={self.log_level!r} is not a log level; {_LEVELS_HINT}")
         _check_auth(self)
@@ -201,6 +206,13 @@ def _check_broker(settings: Settings) -> None:
         )
     if settings.bus == "redis" and not settings.redis_url:
         raise ConfigError("broker is redis but no Redis URL is set (--redis or REDIS_URL)")
+
+
+def _check_capture(settings: Settings) -> None:
+    if settings.capture_max_lag is not None and not 0 < settings.capture_max_lag < math.inf:
+        raise ConfigError(f"capture_max_lag must be positive, not {settings.capture_max_lag}")
+    if settings.capture and settings.bus != "postgres":
+        raise ConfigError("capture needs the PostgreSQL bus: its events go to the PostgreSQL log")
 
 
 def check_port(port: int) -> int:
@@ -289,6 +301,13 @@ def _lower(var: str, raw: str) -> str:
     return raw.strip().lower()
 
 
+def _bool(var: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ConfigError(f"{var}={raw!r} is not a boolean (1/0, true/false, yes/no, on/off)")
+    return value in ("1", "true", "yes", "on")
+
+
 def _path(var: str, raw: str) -> Path:
     return Path(raw)
 
@@ -323,6 +342,8 @@ _ENV: dict[str, tuple[str, Callable[[str, str], object]]] = {
         "max_stream_lifetime",
         lambda var, raw: parse_duration(raw, var),
     ),
+    "SSERELAY_CAPTURE": ("capture", _bool),
+    "SSERELAY_CAPTURE_MAX_LAG": ("capture_max_lag", lambda var, raw: parse_duration(raw, var)),
     "SSERELAY_HEARTBEAT": ("heartbeat", _float),
     "SSERELAY_HEADER_TIMEOUT": ("header_timeout", _float),
     "SSERELAY_PROBE_INTERVAL": ("probe_interval", _float),

@@ -15,6 +15,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from .bus.postgres.capture import Capturer
     from .relay import Relay
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -65,7 +66,7 @@ GAUGES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _read(relay: Relay, path: str) -> float:
+def _read(relay: Relay | Capturer, path: str) -> float:
     value: Any = relay
     for part in path.split("."):
         value = getattr(value, part, 0)
@@ -114,6 +115,52 @@ class RelayCollector(Collector):
         for status, count in sorted(relay.rejected.items()):
             rejected.add_metric([str(status)], count)
         yield rejected
+        if relay.capturer is not None:
+            yield from capture_families(relay.capturer)
+
+
+#: (name, help, where the number is, from the capturer): capture's counters.
+CAPTURE_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("transactions", "Source transactions captured by this process.", "counters.transactions"),
+    ("events", "Events this process wrote to the log.", "counters.events"),
+    (
+        "rows_skipped",
+        "Row changes not published (the channel template gave no valid channel).",
+        "counters.rows_skipped",
+    ),
+    ("sessions", "Times this process became the consuming capturer.", "sessions"),
+    ("failures", "Capture sessions or connections that failed.", "failures"),
+)
+
+
+def capture_families(capturer: Capturer) -> Iterator[Metric]:
+    """The ``sserelay_capture_*`` families of a relay's capturer (docs/capture.md)."""
+    status = capturer.slot_status
+    yield GaugeMetricFamily(
+        "sserelay_capture_leader",
+        "1 while this process consumes the capture slot.",
+        1 if capturer.role == "leader" else 0,
+    )
+    yield GaugeMetricFamily(
+        "sserelay_capture_slot_lost",
+        "1 while the capture slot is dropped or invalidated (see `sserelay capture status`).",
+        1 if capturer.role == "slot_lost" or (status is not None and status.lost) else 0,
+    )
+    if status is not None and status.lag_bytes is not None:
+        yield GaugeMetricFamily(
+            "sserelay_capture_lag_bytes",
+            "WAL bytes written since the capture slot's confirmed position.",
+            status.lag_bytes,
+        )
+    lag = capturer.lag_seconds
+    if lag is not None:
+        yield GaugeMetricFamily(
+            "sserelay_capture_lag_seconds",
+            "How far capture is behind, measured with heartbeats.",
+            lag,
+        )
+    for name, text, path in CAPTURE_COUNTERS:
+        yield CounterMetricFamily(f"sserelay_capture_{name}", text, _read(capturer, path))
 
 
 class RelayMetrics:

@@ -1,8 +1,9 @@
 """A relay process: the bus, the delivery core, the access checks and (optionally) the
 native HTTP server, with an explicit lifecycle.
 
-``Relay.start()`` starts the bus listener, the heartbeats and the pruner as supervised
-services (:class:`~sserelay.core.supervisor.Supervisor`) and binds the socket;
+``Relay.start()`` starts the bus listener, the heartbeats, the pruner and (with
+``capture``) the change data capturer as supervised services
+(:class:`~sserelay.core.supervisor.Supervisor`) and binds the socket;
 ``Relay.shutdown()`` stops accepting, tells every stream to come back later, closes
 them, cancels and awaits every task, and closes every pool and connection. A service
 that cannot be kept running makes the relay stop admitting streams and
@@ -21,7 +22,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import bus as buses
 from . import jitter
@@ -36,6 +37,9 @@ from .errors import AuthError, BrokerUnavailable, SchemaMissing
 from .http.native import HttpConnection, protocol_factory
 from .http.publish import Publisher
 from .metrics import CONTENT_TYPE, RelayMetrics
+
+if TYPE_CHECKING:
+    from .bus.postgres.capture import Capturer
 
 log = logging.getLogger("sserelay")
 
@@ -105,6 +109,15 @@ class Relay:
         self.rejected: Counter[int] = Counter()
         self.metrics = RelayMetrics(self)
         self.listener.lag_observer = self.metrics.lag
+        #: Change data capture (``settings.capture``; docs/capture.md), PostgreSQL only.
+        self.capturer: Capturer | None = None
+        if settings.capture:
+            from .bus.postgres.capture.serve import capturer_for
+
+            # A direct session, as the listener's: a replication connection and a session
+            # advisory lock pass no PgBouncer in transaction mode.
+            direct = settings.listen_dsn or dsn
+            self.capturer = capturer_for(direct, bus=settings.bus, max_lag=settings.capture_max_lag)
         self.started = time.time()
         #: The service that could not be kept running, once one could not.
         self.failure: str | None = None
@@ -149,6 +162,8 @@ class Relay:
         self.tasks.service("heartbeats", self.hub.run_heartbeats)
         if self.settings.retention_age is not None or self.settings.retention_count is not None:
             self.tasks.service("pruner", self._prune_forever)
+        if self.capturer is not None:
+            self.tasks.service("capture", self.capturer.run)
         if serve:
             factory = protocol_factory(self)
             if sock is not None:
@@ -260,6 +275,8 @@ class Relay:
             return "bus not answering"
         if not listener.healthy:
             return "subscribing"
+        if self.capturer is not None:
+            return self.capturer.problem()
         return None
 
     def health(self, *, detail: bool = False) -> tuple[int, dict[str, Any]]:
@@ -278,6 +295,8 @@ class Relay:
                 task_failures=dict(self.tasks.failures),
                 last_failure=self.tasks.last_failure,
             )
+            if self.capturer is not None:
+                body["capture"] = self.capturer.status()
         return (200 if problem is None else 503), body
 
     def endpoint(

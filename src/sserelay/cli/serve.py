@@ -36,7 +36,8 @@ SSERELAY_MAX_STREAMS, SSERELAY_MAX_STREAMS_PER_CLIENT, SSERELAY_MAX_STREAMS_PER_
 SSERELAY_MAX_DISTINCT_CHANNELS, SSERELAY_MAX_CHANNELS_PER_CLIENT,
 SSERELAY_FORWARDED_ALLOW_IPS, SSERELAY_DRAIN_TIMEOUT,
 SSERELAY_MAX_STREAM_LIFETIME, SSERELAY_MAX_PUBLISH_BYTES, SSERELAY_PUBLISH_RATE,
-SSERELAY_PUBLISH_BURST. Every setting is described in the README's "Settings" section.
+SSERELAY_PUBLISH_BURST, SSERELAY_CAPTURE, SSERELAY_CAPTURE_MAX_LAG. Every setting is
+described in the README's "Settings" section.
 """
 
 
@@ -65,6 +66,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--max-replay", type=int, help="most events replayed per channel to one stream (10000)"
     )
     _add_security_options(p)
+    _add_capture_options(p)
     add_bus_options(p)
     p.set_defaults(func=run)
 
@@ -142,6 +144,21 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_capture_options(p: argparse.ArgumentParser) -> None:
+    """Change data capture (docs/capture.md)."""
+    p.add_argument(
+        "--capture",
+        action="store_const",
+        const=True,
+        help="run change data capture too (env SSERELAY_CAPTURE; docs/capture.md)",
+    )
+    p.add_argument(
+        "--capture-max-lag",
+        type=seconds,
+        help="capture lag (30s, 5m) past which /healthz answers 503; default: never",
+    )
+
+
 def serve_settings(args: argparse.Namespace) -> Settings:
     """The settings of ``serve``: its flags over the environment over the defaults."""
     return load_settings(
@@ -172,6 +189,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         publish_burst=args.publish_burst,
         redis_url=args.redis,
         broker=broker_flag(args),
+        capture=args.capture,
+        capture_max_lag=args.capture_max_lag,
     )
 
 

@@ -4,7 +4,8 @@ Used when no DSN is configured. Its data directory is ``$SSERELAY_DATA_DIR`` or
 ``--data-dir`` if set, else ``~/.local/share/sserelay/pgdata`` (the platform's
 user data directory). The server listens on a Unix socket inside that
 directory; several sserelay commands share it, and it stops when the last one
-exits.
+exits. It runs with ``wal_level = logical``, so change data capture works in it
+(see :func:`_ensure_logical`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,18 @@ def start_embedded(data_dir: Path | None = None) -> str:
     # pgserver narrates every command it runs at INFO; keep that for DEBUG.
     if not log.isEnabledFor(logging.DEBUG):
         logging.getLogger("pgserver").setLevel(logging.WARNING)
+    fresh = not (path / "PG_VERSION").exists()
     server = pgserver.get_server(path, cleanup_mode="stop")  # type: ignore[attr-defined]  # untyped package
+    if not _ensure_logical(str(server.get_uri())):
+        return str(server.get_uri())
+    if fresh:  # made just now, by us: restart it with the setting
+        server.cleanup()
+        server = pgserver.get_server(path, cleanup_mode="stop")  # type: ignore[attr-defined]  # untyped package
+    else:
+        log.warning(
+            "the embedded PostgreSQL now has wal_level = logical (for change data capture); "
+            "it takes effect when it restarts, once no sserelay command uses it"
+        )
     return str(server.get_uri())
 
 
@@ -64,3 +76,15 @@ def dsn_or_embedded(dsn: str | None, data_dir: Path | None, *, announce: bool) -
             flush=True,
         )
     return dsn
+
+
+def _ensure_logical(dsn: str) -> bool:
+    """Set ``wal_level = logical`` if it is not; True if a restart is needed for it."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT current_setting('wal_level')").fetchone()
+        if row is not None and row[0] == "logical":
+            return False
+        conn.execute("ALTER SYSTEM SET wal_level = logical")
+    return True

@@ -10,6 +10,7 @@
 - ``sserelay.W004``: tokens are signed with a private key but the in-process view has
   no ``JWT_PUBLIC_KEY`` to verify them.
 - ``sserelay.W005``: ``CAN_SUBSCRIBE`` cannot be imported or is not callable.
+- ``sserelay.E010``: ``CAPTURE`` names a model, a field or an option wrongly (capture.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ GZIP = "django.middleware.gzip.GZipMiddleware"
 
 
 def register() -> None:
+    from .capture import check_capture
+
     checks.register(check_settings, "sserelay")
+    checks.register(check_capture, "sserelay")
     checks.register(check_urls, checks.Tags.urls)
 
 

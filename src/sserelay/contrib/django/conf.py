@@ -43,12 +43,15 @@ DEFAULTS: dict[str, Any] = {
     # Callable (or dotted path) (user, channel) -> bool: may this user read the channel?
     # None: any channel asked for in a template is allowed.
     "CAN_SUBSCRIBE": None,
+    # Change data capture: model label -> options (see capture.py, docs/capture.md).
+    "CAPTURE": None,
 }
 
 #: Relay settings that make no sense inside Django (the ASGI server owns the socket,
 #: and the database comes from DATABASES).
 _NOT_RELAY = frozenset(
     {"host", "port", "workers", "dsn", "listen_dsn", "data_dir", "log_level", "jwt_secret"}
+    | {"capture", "capture_max_lag"}  # the in-process view runs no capturer
 )
 #: ``SSERELAY`` keys that configure the in-process view's relay.
 RELAY_KEYS = {
