@@ -149,6 +149,17 @@ def server_command(
     if kind == "baseline":
         cmd = [str(PYTHON), str(BENCH / "baseline.py"), "--port", str(port), "--dsn", dsn]
         return cmd, env, ROOT
+    if kind == "nchan":
+        import nchan
+
+        conf = nchan.write_config(session.out / f"nginx-{port}", "127.0.0.1", port)
+        return nchan.command(conf), env, ROOT
+    if kind.startswith("sserelay-workers-"):
+        # sserelay-workers-<N>: --workers N on PostgreSQL (see scale.py).
+        workers = kind.rsplit("-", 1)[1]
+        cmd = [str(SSERELAY), "serve", "--port", str(port), "--dsn", dsn, "--workers", workers]
+        env["LOG_LEVEL"] = "WARNING"
+        return cmd, env, ROOT
     if kind == "ssr":
         cmd = [str(SSR_VENV / "bin" / "sse-relay-server"), "--host", "127.0.0.1"]
         cmd += ["--port", str(port)]
@@ -244,6 +255,9 @@ def loadgen(session: Session, scenario: str, kind: str, name: str, args: list[st
                 template += ["--ready", "pg"]
             if kind == "sserelay-redis":
                 template += ["--redis", session.redis, "--redis-prefix", session.redis_prefix]
+            if kind == "nchan":
+                template += ["--publish-url", "http://127.0.0.1:$PORT/pub/{channel}"]
+                template += ["--ready", "nchan"]
             shown = shlex.join(template)
             cmd = [a.replace("$PORT", str(port)).replace("$PID", str(pid)) for a in template]
             session.say(f"$ {shown}")
@@ -550,6 +564,18 @@ def source_state() -> str:
     return head.strip() + (f" + {changed} uncommitted file(s) in src/" if changed else "")
 
 
+def raise_nofile(say: Any) -> None:
+    """Soft ``RLIMIT_NOFILE`` up to the hard limit, for this process and every server and
+    load generator it starts (they inherit it). The hard limit caps what one process may
+    hold (20,000 here): scenario w spreads 100,000 streams over processes for that reason."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    say(f"open files per process: soft limit {soft} -> {hard} (the hard limit)")
+
+
 def fmt_load(values: list[float]) -> str:
     return "/".join(f"{v:.2f}" for v in values)
 
@@ -558,8 +584,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--only", default="abcd", help="scenarios to run, e.g. 'bc'")
-    parser.add_argument("--repeats", type=int, default=5, help="rounds per server in c")
+    parser.add_argument(
+        "--only",
+        default="abcd",
+        help="scenarios to run, e.g. 'bc'; also n (against nchan) and w (100,000 streams,"
+        " --workers), which are not in the default set",
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="rounds per server in c and n")
+    parser.add_argument(
+        "--loads", default="123", help="n: which loads (1 CPU, 2 latency, 3 memory)"
+    )
+    parser.add_argument("--streams", type=int, default=100_000, help="w: streams in all")
+    parser.add_argument("--workers", type=int, default=7, help="w: sserelay --workers N")
     parser.add_argument("--dsn", default=os.environ.get("SSERELAY_BENCH_DSN", DSN))
     parser.add_argument("--profile", action="store_true", help="py-spy each relay/baseline")
     parser.add_argument(
@@ -576,6 +612,7 @@ def main() -> int:
         " under 30%% busy (it is shared); 0 disables",
     )
     args = parser.parse_args()
+    raise_nofile(print)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = BENCH / "results" / stamp
     out.mkdir(parents=True, exist_ok=True)
@@ -607,6 +644,14 @@ def main() -> int:
             scenario_c(session, args.repeats)
         elif key == "d":
             scenario_d(session)
+        elif key == "n":
+            import versus_nchan
+
+            versus_nchan.scenario_n(session, args.repeats, loadgen, record, args.loads)
+        elif key == "w":
+            import scale
+
+            scale.scenario_w(session, args.streams, args.workers, loadgen, record)
     text = source + "\n\n" + summary(session, started, (load_before, list(os.getloadavg())))
     session.say("\n" + text)
     (out / "summary.md").write_text(text + "\n")
