@@ -512,12 +512,17 @@ class ServerProbe:
                 total += proc.memory_info().rss
         return total
 
-    def processes(self) -> int:
+    def processes(self) -> list[dict[str, Any]]:
+        """Each server process's open files and RSS (MB): how streams spread over workers."""
         if self.pid is None:
-            return 0
+            return []
+        out = []
         with contextlib.suppress(Exception):
-            return len(server_processes(self.pid))
-        return 0
+            for proc in server_processes(self.pid):
+                out.append(
+                    {"pid": proc.pid, "fds": proc.num_fds(), "rss_mb": mb(proc.memory_info().rss)}
+                )
+        return out
 
     def pss(self) -> int:
         """Proportional set size of the server's processes: pages shared by forked
@@ -585,21 +590,8 @@ def sender(cfg: Config, db: Any) -> tuple[Any, Any]:
     one keep-alive connection, and must answer 2xx.
     """
     if cfg.publish_url:
-        import http.client
-
-        parts = urllib.parse.urlsplit(cfg.publish_url)
-        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80)
-        headers = {"Content-Type": "text/plain", "Accept": "text/json"}
-
-        def post(channel: str, data: str) -> None:
-            path = urllib.parse.urlsplit(cfg.publish_url.format(channel=channel)).path  # type: ignore[union-attr]
-            conn.request("POST", path, data.encode(), headers)
-            reply = conn.getresponse()
-            reply.read()
-            if reply.status >= 300:
-                raise RuntimeError(f"publish to {path} answered {reply.status}")
-
-        return post, conn.close
+        poster = PipelinedPoster(cfg.publish_url, timeout=cfg.drain_timeout + 30)
+        return poster.post, poster.close
     if cfg.redis:
         import redis
 
@@ -614,6 +606,82 @@ def sender(cfg: Config, db: Any) -> tuple[Any, Any]:
         db.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps({"data": data})))
 
     return notify, lambda: None
+
+
+class PipelinedPoster:
+    """HTTP POSTs on one keep-alive connection, sent on schedule without waiting for the
+    answers (HTTP/1.1 pipelining); a thread reads the answers and counts refusals.
+
+    Waiting for each answer would let a slow server slow the publisher down, and the
+    events it failed to take in time would never show as latency (coordinated omission):
+    nchan answers a publish only after its worker has handed the message on.
+    """
+
+    def __init__(self, url: str, timeout: float) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.url = url
+        self.host = parts.hostname or "127.0.0.1"
+        self.sock = socket.create_connection((self.host, parts.port or 80), timeout=10)
+        self.sock.settimeout(None)
+        self.timeout = timeout
+        self.sent = 0
+        self.answered = 0
+        self.refused: list[str] = []
+        self.done = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def post(self, channel: str, data: str) -> None:
+        path = urllib.parse.urlsplit(self.url.format(channel=channel)).path
+        body = data.encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: text/plain\r\n"
+            f"Accept: text/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self.sock.sendall(head.encode() + body)
+        self.sent += 1
+
+    def close(self) -> None:
+        """Wait (bounded) for every answer; raise if one was not 2xx or never came."""
+        deadline = time.monotonic() + self.timeout
+        with self.done:
+            while self.answered < self.sent and time.monotonic() < deadline:
+                self.done.wait(0.5)
+        self.sock.close()
+        if self.refused:
+            raise RuntimeError(f"{len(self.refused)} publishes refused: {self.refused[:3]}")
+        if self.answered < self.sent:
+            raise RuntimeError(f"only {self.answered} of {self.sent} publishes answered")
+
+    def _read(self) -> None:
+        buf = b""
+        with contextlib.suppress(OSError):
+            while True:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    data = self.sock.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                    continue
+                head = buf[:end].decode("latin-1")
+                length = 0
+                for line in head.split("\r\n")[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                while len(buf) < end + 4 + length:
+                    data = self.sock.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                buf = buf[end + 4 + length :]
+                status = head.split(" ", 2)[1]
+                with self.done:
+                    if not status.startswith("2"):
+                        self.refused.append(head.split("\r\n", 1)[0])
+                    self.answered += 1
+                    self.done.notify_all()
 
 
 def nchan_subscribers(cfg: Config) -> int:
@@ -876,7 +944,8 @@ class Coordinator:
             "server_pid": cfg.server_pid,
             "channels": cfg.channels,
             "payload_bytes": cfg.payload_bytes,
-            "server_processes": r["server_procs"],
+            "server_processes": len(r["server_procs"]),
+            "server_process_detail": r["server_procs"],
             "server_rss_mb": {
                 "idle": mb(r["rss_idle"]),
                 "subscribed": mb(r["rss_subscribed"]),
