@@ -942,6 +942,7 @@ class Coordinator:
             "latency_ms": percentiles(r["latencies"]),
             "pg_direct_latency_ms": percentiles(r["direct"]),
             "server_pid": cfg.server_pid,
+            "ready": cfg.ready,
             "channels": cfg.channels,
             "payload_bytes": cfg.payload_bytes,
             "server_processes": len(r["server_procs"]),
@@ -953,10 +954,9 @@ class Coordinator:
                 "peak": mb(r["peak_rss"]),
                 "end": mb(r["rss_end"]),
             },
+            # (peak - idle) / streams: what serving them took, events in flight included.
             "server_rss_kb_per_stream": (
-                round((r["rss_subscribed"] - r["rss_idle"]) / 1024 / connected, 2)
-                if connected
-                else None
+                round((r["peak_rss"] - r["rss_idle"]) / 1024 / connected, 2) if connected else None
             ),
             "server_cpu_seconds": round(r["server_cpu"], 3),
             "server_cpu_us_per_delivery": (
@@ -1044,7 +1044,8 @@ def table(result: dict[str, Any]) -> str:
         ),
     ]
     if result["pg_listen_backends"] is not None:
-        rows.append(("LISTEN backends", str(result["pg_listen_backends"])))
+        what = "nchan subscribers" if result.get("ready") == "nchan" else "LISTEN backends"
+        rows.append((what, str(result["pg_listen_backends"])))
     if result["connect_errors"]:
         rows.append(("connect errors", json.dumps(result["connect_errors"])))
     rows.append(

@@ -142,6 +142,15 @@ def server_command(
         cmd = [str(SSERELAY), "serve", "--port", str(port), "--dsn", dsn]
         env["LOG_LEVEL"] = "WARNING"
         return cmd, env, ROOT
+    if kind == "sserelay-ref":
+        # Before/after in one run: the same relay from another source tree (e.g.
+        # `git archive <commit> src | tar -x -C /tmp/ref`), named by SSERELAY_REF_SRC.
+        ref = os.environ.get("SSERELAY_REF_SRC")
+        if not ref:
+            raise RuntimeError("sserelay-ref needs SSERELAY_REF_SRC=<a src/ directory>")
+        cmd = [str(PYTHON), "-m", "sserelay", "serve", "--port", str(port), "--dsn", dsn]
+        env.update(LOG_LEVEL="WARNING", PYTHONPATH=ref)
+        return cmd, env, ROOT
     if kind == "sserelay-redis":
         cmd = [str(SSERELAY), "serve", "--port", str(port), "--redis", session.redis]
         env.update(LOG_LEVEL="WARNING", SSERELAY_REDIS_PREFIX=session.redis_prefix)
@@ -594,6 +603,13 @@ def main() -> int:
     parser.add_argument(
         "--loads", default="123", help="n: which loads (1 CPU, 2 latency, 3 memory)"
     )
+    parser.add_argument(
+        "--servers",
+        default="sserelay,nchan,baseline",
+        help="n: the servers, in the first round's order; sserelay-ref is the relay from"
+        " SSERELAY_REF_SRC (before/after a change in one run), sserelay-redis the relay on"
+        " Redis",
+    )
     parser.add_argument("--streams", type=int, default=100_000, help="w: streams in all")
     parser.add_argument("--workers", type=int, default=7, help="w: sserelay --workers N")
     parser.add_argument("--dsn", default=os.environ.get("SSERELAY_BENCH_DSN", DSN))
@@ -647,7 +663,8 @@ def main() -> int:
         elif key == "n":
             import versus_nchan
 
-            versus_nchan.scenario_n(session, args.repeats, loadgen, record, args.loads)
+            servers = tuple(s.strip() for s in args.servers.split(",") if s.strip())
+            versus_nchan.scenario_n(session, args.repeats, loadgen, record, args.loads, servers)
         elif key == "w":
             import scale
 

@@ -11,9 +11,9 @@ baseline, side by side in one run, alternating, on three loads:
 sserelay runs on PostgreSQL (events sent with pg_notify, as for the baseline); nchan gets
 each event by HTTP POST on a keep-alive connection (its own publishing path). Every round
 runs each load on each server, in an order that rotates from round to round, and the
-checks compare medians of the rounds. RSS per stream is (RSS with all streams subscribed
-- RSS before the first connection) / streams: nginx's master process and sserelay's
-imports cancel out.
+checks compare medians of the rounds. RSS per stream is (peak RSS while serving - RSS before
+the first connection) / streams: nginx's master process and sserelay's imports cancel out,
+and what events in flight cost (nchan keeps a copy per subscriber's buffer) counts.
 
     .venv/bin/python bench/run.py --only n --repeats 3            # about 25 minutes
     .venv/bin/python bench/run.py --only n --repeats 1 --loads 2  # one load, one round
@@ -55,19 +55,18 @@ def scenario_n(
     loadgen: Callable[..., Any],
     record: Callable[..., Any],
     loads: str = "123",
+    servers: tuple[str, ...] = SERVERS,
 ) -> None:
     """Run the chosen loads ``repeats`` rounds on each server; record medians and checks."""
     import nchan
 
-    if not nchan.ensure_installed(session.say):
+    if "nchan" in servers and not nchan.ensure_installed(session.say):
         session.check("n: side by side with nchan", "nginx + nchan not installed", False)
         return
-    session.say(
-        f"\n== n: sserelay, {nchan.version()} (1 worker) and the baseline, {repeats} rounds"
-    )
+    session.say(f"\n== n: {', '.join(servers)} ({nchan.version()}: 1 worker), {repeats} rounds")
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for i in range(repeats):
-        order = SERVERS[i % 3 :] + SERVERS[: i % 3]
+        order = servers[i % len(servers) :] + servers[: i % len(servers)]
         for key in loads:
             what, args = LOADS[key]
             session.say(f"-- round {i + 1}, load {key}: {what}; order {', '.join(order)}")
@@ -78,7 +77,7 @@ def scenario_n(
                 if run.result is not None:
                     results.setdefault((key, kind), []).append(run.result)
     for key in loads:
-        summarise(session, key, results)
+        summarise(session, key, results, servers)
 
 
 def median_of(runs: list[dict[str, Any]], get: Callable[[dict[str, Any]], Any]) -> float | None:
@@ -86,9 +85,14 @@ def median_of(runs: list[dict[str, Any]], get: Callable[[dict[str, Any]], Any]) 
     return statistics.median(values) if values else None
 
 
-def summarise(session: Any, key: str, results: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+def summarise(
+    session: Any,
+    key: str,
+    results: dict[tuple[str, str], list[dict[str, Any]]],
+    servers: tuple[str, ...],
+) -> None:
     what, _ = LOADS[key]
-    runs = {kind: results.get((key, kind), []) for kind in SERVERS}
+    runs = {kind: results.get((key, kind), []) for kind in servers}
     for kind, got in runs.items():
         if not got:
             session.check(f"n{key} ({what}): {kind}", "every run failed", False)
@@ -110,7 +114,9 @@ def summarise(session: Any, key: str, results: dict[tuple[str, str], list[dict[s
             f"lost {lost}, dup {dup}; {shown}",
             ok if kind != "baseline" else None,
         )
-    ours, theirs = runs["sserelay"], runs["nchan"]
+    if runs.get("sserelay") and runs.get("sserelay-ref"):
+        before_after(session, key, runs["sserelay"], runs["sserelay-ref"])
+    ours, theirs = runs.get("sserelay"), runs.get("nchan")
     if not ours or not theirs:
         return
     if key == "1":
@@ -140,6 +146,22 @@ def summarise(session: Any, key: str, results: dict[tuple[str, str], list[dict[s
             0.6,
             "KB",
         )
+
+
+def before_after(
+    session: Any, key: str, after: list[dict[str, Any]], before: list[dict[str, Any]]
+) -> None:
+    """sserelay (this tree) against sserelay-ref (SSERELAY_REF_SRC): medians, ratios."""
+    for label, get in (
+        ("us/delivery", lambda r: r["server_cpu_us_per_delivery"]),
+        ("p50 ms", lambda r: r["latency_ms"]["p50"]),
+        ("p99 ms", lambda r: r["latency_ms"]["p99"]),
+        ("KB/stream", lambda r: r["server_rss_kb_per_stream"]),
+    ):
+        new, old = median_of(after, get), median_of(before, get)
+        if new is not None and old:
+            measured = f"{new:.2f} / {old:.2f} = {new / old:.2f}x"
+            session.check(f"n{key}: {label}, this tree / sserelay-ref", measured, None)
 
 
 def ratio_check(
