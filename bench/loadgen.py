@@ -210,9 +210,14 @@ class SseClient(asyncio.Protocol):
         if not events:
             return
         stride = worker.cfg.channels
+        worst = worker.worst_us
         for seq_text, ns_text in events:
-            seq = int(seq_text) // stride
-            latencies.append((now - int(ns_text)) // 1000)
+            number = int(seq_text)
+            seq = number // stride
+            latency = (now - int(ns_text)) // 1000
+            latencies.append(latency)
+            if number < len(worst) and latency > worst[number]:
+                worst[number] = latency
             if seq >= len(seen) or seen[seq]:
                 self.duplicated += 1
                 continue
@@ -242,6 +247,8 @@ class Worker:
         self.count = cfg.count
         self.ready_mode = "headers" if cfg.ready in ("pg", "nchan") else cfg.ready
         self.latencies_us: array.array[int] = array.array("q")
+        #: The slowest delivery of each event (by its number): is the tail a few events?
+        self.worst_us: array.array[int] = array.array("q", bytes(8 * cfg.count))
         self.first_recv_ns = 0
         self.last_recv_ns = 0
         self.clients: list[SseClient] = []
@@ -327,7 +334,9 @@ class Worker:
         self.tally.cpu_seconds = time.process_time() - cpu0
         self.tally.wall_seconds = time.monotonic() - wall0
         self.summarise(published)
-        self.pipe.send(("result", asdict(self.tally), self.latencies_us.tobytes()))
+        self.pipe.send(
+            ("result", asdict(self.tally), self.latencies_us.tobytes(), self.worst_us.tobytes())
+        )
         await self.recv()  # ("close",): the coordinator has read the server's state
         for client in self.clients:
             if client.transport is not None:
@@ -868,12 +877,17 @@ class Coordinator:
                     proc.kill()
         tallies = [r[0] for r in results]
         latencies = array.array("q")
+        worst = array.array("q", bytes(8 * cfg.count))
         for r in results:
             latencies.frombytes(r[1])
+            theirs = array.array("q")
+            theirs.frombytes(r[2])
+            worst = array.array("q", map(max, worst, theirs))
         return self.report(
             readies=readies,
             tallies=tallies,
             latencies=latencies,
+            worst=worst,
             published=published,
             first_ns=first_ns,
             last_ns=last_ns,
@@ -940,6 +954,14 @@ class Coordinator:
             "window_seconds": round(window, 3),
             "deliveries_per_s": round(delivered / window) if window > 0 else 0,
             "latency_ms": percentiles(r["latencies"]),
+            # The events whose slowest delivery was slowest: [event number, ms], and how
+            # many events had a delivery over 100 ms (a tail from a few events is a pause
+            # somewhere; from all of them, a queue).
+            "worst_events_ms": sorted(
+                ([i, round(v / 1000, 1)] for i, v in enumerate(r["worst"])),
+                key=lambda e: -e[1],
+            )[:5],
+            "events_over_100ms": sum(v > 100_000 for v in r["worst"]),
             "pg_direct_latency_ms": percentiles(r["direct"]),
             "server_pid": cfg.server_pid,
             "ready": cfg.ready,
@@ -1008,6 +1030,11 @@ def table(result: dict[str, Any]) -> str:
             f"dup {result['duplicated']}  out-of-order {result['out_of_order']}",
         ),
         ("clients with loss", f"{result['clients_with_loss']} (closed {result['closed_early']})"),
+        (
+            "slowest events",
+            f"{result['events_over_100ms']} of {result['published']} had a delivery over"
+            f" 100 ms; worst [event, ms]: {result['worst_events_ms']}",
+        ),
         ("deliveries/s", f"{result['deliveries_per_s']:,} over {result['window_seconds']} s"),
         (
             "latency ms",

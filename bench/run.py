@@ -194,8 +194,9 @@ def server(session: Session, kind: str, name: str) -> Iterator[tuple[int, int]]:
     try:
         wait_port(port, proc, 20)
         time.sleep(0.5)  # the listener connects right after the socket is bound
-        if session.profile and kind != "ssr":
-            profiler = start_profiler(session, proc.pid, profile)
+        if session.profile and kind not in ("ssr", "nchan"):
+            workers = kind.startswith("sserelay-workers-")
+            profiler = start_profiler(session, proc.pid, profile, subprocesses=workers)
         yield port, proc.pid
     finally:
         if profiler is not None:
@@ -205,10 +206,14 @@ def server(session: Session, kind: str, name: str) -> Iterator[tuple[int, int]]:
         logfile.close()
 
 
-def start_profiler(session: Session, pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+def start_profiler(
+    session: Session, pid: int, out: Path, *, subprocesses: bool = False
+) -> subprocess.Popen[bytes] | None:
     pyspy = TOOLS_VENV / "bin" / "py-spy"
     cmd = [str(pyspy), "record", "--pid", str(pid), "--format", "raw", "-o", str(out)]
-    cmd += ["--rate", "200", "--nonblocking", "--duration", "300"]
+    cmd += ["--rate", "100" if subprocesses else "200", "--nonblocking", "--duration", "600"]
+    if subprocesses:
+        cmd.append("--subprocesses")  # --workers N: every worker, not the supervisor alone
     session.say(f"$ {shlex.join(cmd)}")
     return subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
