@@ -141,6 +141,10 @@ def server_command(
     if kind == "sserelay":
         cmd = [str(SSERELAY), "serve", "--port", str(port), "--dsn", dsn]
         env["LOG_LEVEL"] = "WARNING"
+        if os.environ.get("SSERELAY_SRC"):
+            # The relay from an exported tree rather than this checkout (see sserelay-ref).
+            cmd[:1] = [str(PYTHON), "-m", "sserelay"]
+            env["PYTHONPATH"] = os.environ["SSERELAY_SRC"]
         return cmd, env, ROOT
     if kind == "sserelay-ref":
         # Before/after in one run: the same relay from another source tree (e.g.
@@ -565,6 +569,17 @@ def summary(session: Session, started: float, load: tuple[list[float], list[floa
 
 def source_state() -> str:
     """The commit measured, and whether src/ had uncommitted changes (read-only git)."""
+    if os.environ.get("SSERELAY_SRC") or os.environ.get("SSERELAY_REF_SRC"):
+        trees = ", ".join(
+            f"{name}={os.environ[name]}"
+            for name in ("SSERELAY_SRC", "SSERELAY_REF_SRC")
+            if os.environ.get(name)
+        )
+        return f"exported trees: {trees} (checkout at {checkout_state()})"
+    return checkout_state()
+
+
+def checkout_state() -> str:
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, timeout=10
