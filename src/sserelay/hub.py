@@ -17,7 +17,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from . import jitter
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from .replay import CatchUp, Replay
 
 log = logging.getLogger("sserelay.hub")
+
+#: A batch (see Hub.flush) stays under this size: a caught-up stream may take one frame
+#: bigger than its buffer bound, and that frame should be one event's size, or close.
+BATCH_BYTES = 64 * 1024
 
 PING = encode_comment("ping")
 READY = encode_comment("ready")
@@ -97,6 +101,8 @@ class Hub:
         self._deadlines: list[tuple[float, int, Subscriber]] = []
         self._timed = 0  # live streams with a deadline
         self._order = itertools.count()
+        #: Live events of this event-loop step, written by :meth:`flush` at its end.
+        self._gathered: list[Event] = []
         self.closing = False
         # Plain counters, read by the metrics collector at scrape time (no hot-path cost).
         self.events_received = 0
@@ -262,20 +268,61 @@ class Hub:
         self.publish_event(event_from_notification(channel, payload))
 
     def publish_event(self, event: Event) -> None:
-        """Write an already-built event to every subscriber of its channel."""
-        subs = self._channels.get(event.channel)
+        """Write an already-built event to every subscriber of its channel.
+
+        Live events without a log position are gathered until the end of the event-loop
+        step they arrived in (a burst read from the bus), and each stream then gets the
+        consecutive events of one channel in one write: one send per stream and burst,
+        not per event. An event with a position (durable) first flushes what was
+        gathered, so that every stream still sees the bus's order.
+        """
+        if event.seq is None:
+            if not self._gathered:
+                try:
+                    asyncio.get_running_loop().call_soon(self.flush)
+                except RuntimeError:  # no loop (a synchronous caller): write it now
+                    self._fan_out(event, (event,))
+                    return
+            self._gathered.append(event)
+            return
+        self.flush()
+        self._fan_out(event, (event,))
+
+    def flush(self) -> None:
+        """Write the gathered events: each run of one channel's events as one frame."""
+        gathered, self._gathered = self._gathered, []
+        start = 0
+        while start < len(gathered):
+            channel = gathered[start].channel
+            end, size = start + 1, len(gathered[start].chunked)
+            while (
+                end < len(gathered)
+                and gathered[end].channel == channel
+                and size + len(gathered[end].chunked) <= BATCH_BYTES
+            ):
+                size += len(gathered[end].chunked)
+                end += 1
+            run = gathered[start:end]
+            self._fan_out(run[0] if len(run) == 1 else Batch(run), run)
+            start = end
+
+    def _fan_out(self, frame: Event | Batch, events: Sequence[Event]) -> None:
+        """Write ``frame`` (one event, or a batch of one channel's) to the channel."""
+        channel = events[0].channel
+        subs = self._channels.get(channel)
         if subs:
-            if self._composite and event.seq is not None:
-                slow = self._fan_out_composite(event, subs)
+            if self._composite and frame.seq is not None:
+                assert isinstance(frame, Event)
+                slow = self._fan_out_composite(frame, subs)
             else:
-                slow = [sub for sub in subs if not sub.deliver(event)]
-            self.deliveries += len(subs) - len(slow)
+                slow = [sub for sub in subs if not sub.deliver(frame)]  # type: ignore[arg-type]  # a Batch quacks like an Event
+            self.deliveries += (len(subs) - len(slow)) * len(events)
             for sub in slow:
                 self.drop_slow(sub)
         if self._catching:
             for sub, backlog in self._catching.items():
-                if event.channel in sub.channels:
-                    backlog.append(event)
+                if channel in sub.channels:
+                    backlog.extend(events)
 
     def _fan_out_composite(self, event: Event, subs: dict[Subscriber, None]) -> list[Subscriber]:
         """Fan-out of a durable event when some streams need composite ids."""
@@ -349,12 +396,29 @@ class Hub:
 
     def close_all(self, retry_ms: int) -> int:
         """Shutdown: tell every stream to come back in ``retry_ms`` (+ jitter) and close it."""
+        self.flush()
         self.closing = True
         subs = list(self._subscribers)
         for sub in subs:
             self.unsubscribe(sub)
             sub.close(retry_hint(retry_ms, farewell=True))
         return len(subs)
+
+
+class Batch:
+    """Consecutive live events of one channel, written to each stream at once.
+
+    Streams read ``frame`` or ``chunked``, as of an :class:`Event`; it has no position.
+    """
+
+    __slots__ = ("channel", "chunked", "frame")
+
+    seq = None
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self.channel = events[0].channel
+        self.frame = b"".join(e.frame for e in events)
+        self.chunked = b"".join(e.chunked for e in events)
 
 
 def retry_hint(retry_ms: int, *, farewell: bool = False) -> bytes:
