@@ -103,6 +103,8 @@ class Hub:
         self._order = itertools.count()
         #: Live events of this event-loop step, written by :meth:`flush` at its end.
         self._gathered: list[Event] = []
+        #: Channel -> monotonic time of its last fan-out (streams that got one need no ping).
+        self._last_event: dict[str, float] = {}
         self.closing = False
         # Plain counters, read by the metrics collector at scrape time (no hot-path cost).
         self.events_received = 0
@@ -192,6 +194,7 @@ class Hub:
             if not members:
                 del self._members[channel]
                 del self._channels[channel]
+                self._last_event.pop(channel, None)
                 if self.replay is not None:
                     self.replay.forget(channel)
                 if self.broker is not None:
@@ -311,6 +314,7 @@ class Hub:
         channel = events[0].channel
         subs = self._channels.get(channel)
         if subs:
+            self._last_event[channel] = time.monotonic()
             if self._composite and frame.seq is not None:
                 assert isinstance(frame, Event)
                 slow = self._fan_out_composite(frame, subs)
@@ -356,12 +360,23 @@ class Hub:
         return now + self.heartbeat * jitter.uniform(1.0, 1.25)
 
     def send_heartbeats(self, now: float) -> int:
-        """Write a ping to every stream whose heartbeat is due; return how many."""
+        """Write a ping to every stream whose heartbeat is due, unless one of its channels
+        had an event since its last one (that kept the connection busy just as well);
+        return how many were pinged. At 100,000 streams a ping per stream every ~17 s
+        is ~6,000 writes a second, as many as the events of a busy relay."""
         due = [sub for sub in self._subscribers if sub.next_ping <= now]
+        since = now - self.heartbeat
+        recent = self._last_event
+        pinged = 0
         for sub in due:
+            last = max([recent.get(c, 0.0) for c in sub.channels])
+            if last > since and sub not in self._catching:
+                sub.next_ping = self._next_ping(last)  # one heartbeat after that event
+                continue
             sub.next_ping = self._next_ping(now)
             sub.write(PING)
-        return len(due)
+            pinged += 1
+        return pinged
 
     def expire_due(self, now: float) -> int:
         """End every stream whose deadline (token expiry, maximum lifetime) has passed,
