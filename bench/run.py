@@ -75,6 +75,8 @@ class Session:
     dsn: str
     profile: bool
     redis: str = REDIS
+    #: perf record every server (kernel and C frames too): `perf` must be installed.
+    perf: bool = False
     #: Key and channel prefix of this session's relays on Redis (cleaned up at the end).
     redis_prefix: str = ""
     brokers: tuple[str, ...] = ("postgres", "redis")
@@ -167,11 +169,18 @@ def server_command(
 
         conf = nchan.write_config(session.out / f"nginx-{port}", "127.0.0.1", port)
         return nchan.command(conf), env, ROOT
-    if kind.startswith("sserelay-workers-"):
-        # sserelay-workers-<N>: --workers N on PostgreSQL (see scale.py).
+    if kind.startswith(("sserelay-workers-", "sserelay-ref-workers-")):
+        # sserelay[-ref]-workers-<N>: --workers N on PostgreSQL (see scale.py).
         workers = kind.rsplit("-", 1)[1]
         cmd = [str(SSERELAY), "serve", "--port", str(port), "--dsn", dsn, "--workers", workers]
         env["LOG_LEVEL"] = "WARNING"
+        ref = kind.startswith("sserelay-ref-")
+        src = os.environ.get("SSERELAY_REF_SRC" if ref else "SSERELAY_SRC")
+        if ref and not src:
+            raise RuntimeError(f"{kind} needs SSERELAY_REF_SRC=<a src/ directory>")
+        if src:
+            cmd[:1] = [str(PYTHON), "-m", "sserelay"]
+            env["PYTHONPATH"] = src
         return cmd, env, ROOT
     if kind == "ssr":
         cmd = [str(SSR_VENV / "bin" / "sse-relay-server"), "--host", "127.0.0.1"]
@@ -193,18 +202,23 @@ def server(session: Session, kind: str, name: str) -> Iterator[tuple[int, int]]:
     proc = subprocess.Popen(
         cmd, env=env, cwd=cwd, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
     )
-    profiler = None
+    profiler = perf = None
     profile = session.out / f"{name}.pyspy.txt"
+    perf_data = session.out / f"{name}.perf.data"
     try:
         wait_port(port, proc, 20)
         time.sleep(0.5)  # the listener connects right after the socket is bound
         if session.profile and kind not in ("ssr", "nchan"):
-            workers = kind.startswith("sserelay-workers-")
+            workers = "-workers-" in kind
             profiler = start_profiler(session, proc.pid, profile, subprocesses=workers)
+        if session.perf:
+            perf = start_perf(session, proc.pid, perf_data)
         yield port, proc.pid
     finally:
         if profiler is not None:
             stop_profiler(session, profiler, profile)
+        if perf is not None:
+            stop_perf(session, perf, perf_data)
         if not stop(proc):
             session.say(f"!! {name}: the server did not exit within 10 s of SIGTERM; killed")
         logfile.close()
@@ -236,6 +250,40 @@ def stop_profiler(session: Session, proc: subprocess.Popen[bytes], out: Path) ->
         top = profile_top(out)
         out.with_suffix(".top.txt").write_text(top)
         session.say(top)
+
+
+def start_perf(session: Session, pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """perf record of ``pid`` and the children it has now (nginx's worker, --workers')."""
+    import psutil
+
+    pids = [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
+    cmd = ["perf", "record", "-F", "499", "-g", "-p", ",".join(map(str, pids)), "-o", str(out)]
+    session.say(f"$ {shlex.join(cmd)}")
+    return subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+
+def stop_perf(session: Session, proc: subprocess.Popen[bytes], out: Path) -> None:
+    """Stop perf (it writes on SIGINT) and keep its top symbols: kernel against user."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+    if not out.exists():
+        return
+    report = ["perf", "report", "-i", str(out), "--stdio", "--no-children"]
+    report += ["--sort", "dso,sym", "-g", "none", "--percent-limit", "0.7"]
+    try:
+        text = subprocess.run(report, capture_output=True, timeout=120).stdout.decode()
+    except (OSError, subprocess.SubprocessError) as exc:
+        text = f"perf report failed: {exc}"
+    top = "\n".join(line for line in text.splitlines() if line and not line.startswith("#"))
+    out.with_suffix(".top.txt").write_text(top + "\n")
+    session.say(f"perf {out.name}:\n{top[:3000]}")
+    out.unlink()  # the raw data is large; the summary is kept
 
 
 def profile_top(raw: Path, n: int = 12) -> str:
@@ -635,6 +683,9 @@ def main() -> int:
     parser.add_argument("--dsn", default=os.environ.get("SSERELAY_BENCH_DSN", DSN))
     parser.add_argument("--profile", action="store_true", help="py-spy each relay/baseline")
     parser.add_argument(
+        "--perf", action="store_true", help="perf record each server (kernel frames too)"
+    )
+    parser.add_argument(
         "--brokers",
         default="postgres,redis",
         help="buses to run sserelay on in a, b and c: postgres, redis or both (comma-separated)",
@@ -659,6 +710,7 @@ def main() -> int:
         out=out,
         dsn=args.dsn,
         profile=args.profile,
+        perf=args.perf,
         quiet_wait=args.quiet_wait,
         redis=args.redis,
         redis_prefix=f"sserelay-bench-{os.getpid()}-{time.time_ns() % 10**6}:",
@@ -688,7 +740,8 @@ def main() -> int:
         elif key == "w":
             import scale
 
-            scale.scenario_w(session, args.streams, args.workers, loadgen, record)
+            ref = "sserelay-ref" in args.servers.split(",")
+            scale.scenario_w(session, args.streams, args.workers, loadgen, record, ref=ref)
     text = source + "\n\n" + summary(session, started, (load_before, list(os.getloadavg())))
     session.say("\n" + text)
     (out / "summary.md").write_text(text + "\n")

@@ -45,8 +45,14 @@ def scenario_w(
     workers: int,
     loadgen: Callable[..., Any],
     record: Callable[..., Any],
+    *,
+    ref: bool = False,
 ) -> None:
-    """``streams`` streams on ``sserelay serve --workers workers``; record the checks."""
+    """``streams`` streams on ``sserelay serve --workers workers``; record the checks.
+
+    With ``ref``, the relay from SSERELAY_REF_SRC runs the same load right after, and the
+    server CPU and latency of the two are compared (before/after a change, one run).
+    """
     session.say(
         f"\n== w: {streams:,} streams on sserelay --workers {workers},"
         f" {min(CHANNELS, streams)} channels, 10 events/s in all"
@@ -54,6 +60,12 @@ def scenario_w(
     kind = f"sserelay-workers-{workers}"
     name = f"w-{kind}-{streams // 1000}k"
     run = record(session, loadgen(session, "w", kind, name, load_args(streams)))
+    if ref:
+        kind = f"sserelay-ref-workers-{workers}"
+        before = record(
+            session, loadgen(session, "w", kind, f"w-{kind}-{streams // 1000}k", load_args(streams))
+        )
+        compare(session, run.result, before.result)
     r = run.result
     if r is None:
         session.check(f"w: {streams:,} streams held", run.error or "failed", False)
@@ -86,3 +98,20 @@ def scenario_w(
         f"{listeners} sserelay-listener for {workers} workers; {r['pg_connections']}",
         listeners == workers,
     )
+
+
+def compare(session: Any, after: dict[str, Any] | None, before: dict[str, Any] | None) -> None:
+    if after is None or before is None:
+        session.check("w: this tree / sserelay-ref", "a run failed", None)
+        return
+    for label, get in (
+        ("server CPU share", lambda r: r["server_cpu_share"]),
+        ("us/delivery", lambda r: r["server_cpu_us_per_delivery"]),
+        ("p50 ms", lambda r: r["latency_ms"]["p50"]),
+        ("p99 ms", lambda r: r["latency_ms"]["p99"]),
+        ("peak RSS MB", lambda r: r["server_rss_mb"]["peak"]),
+    ):
+        new, old = get(after), get(before)
+        if new is not None and old:
+            measured = f"{new} / {old} = {new / old:.2f}x"
+            session.check(f"w: {label}, this tree / sserelay-ref", measured, None)
