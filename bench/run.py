@@ -274,12 +274,15 @@ def stop_perf(session: Session, proc: subprocess.Popen[bytes], out: Path) -> Non
         stop(proc)
     if not out.exists():
         return
-    report = ["perf", "report", "-i", str(out), "--stdio", "--no-children"]
-    report += ["--sort", "dso,sym", "-g", "none", "--percent-limit", "0.7"]
-    try:
-        text = subprocess.run(report, capture_output=True, timeout=120).stdout.decode()
-    except (OSError, subprocess.SubprocessError) as exc:
-        text = f"perf report failed: {exc}"
+    texts = []
+    for sort, limit in (("dso", "0.5"), ("dso,sym", "0.7")):
+        report = ["perf", "report", "-i", str(out), "--stdio", "--no-children"]
+        report += ["--sort", sort, "-g", "none", "--percent-limit", limit]
+        try:
+            texts.append(subprocess.run(report, capture_output=True, timeout=120).stdout.decode())
+        except (OSError, subprocess.SubprocessError) as exc:
+            texts.append(f"perf report failed: {exc}")
+    text = "\n".join(texts)
     top = "\n".join(line for line in text.splitlines() if line and not line.startswith("#"))
     out.with_suffix(".top.txt").write_text(top + "\n")
     session.say(f"perf {out.name}:\n{top[:3000]}")
