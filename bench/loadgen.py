@@ -86,6 +86,8 @@ class Config:
     channels: int = 1
     #: Pad each event's data to about this many bytes (0: no padding).
     payload_bytes: int = 0
+    #: Connections opened at once per client process (until each is ready).
+    connect_concurrency: int = 256
 
     def channel_name(self, index: int) -> str:
         """The name of channel ``index`` (the plain channel when there is only one)."""
@@ -304,7 +306,7 @@ class Worker:
 
     async def connect_all(self) -> None:
         started = time.monotonic()
-        gate = asyncio.Semaphore(256)
+        gate = asyncio.Semaphore(self.cfg.connect_concurrency)
         tasks = [asyncio.ensure_future(self.connect_one(i, gate)) for i in range(self.n)]
         done, pending = await asyncio.wait(tasks, timeout=self.cfg.connect_timeout)
         for task in pending:
@@ -1129,6 +1131,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, str | None]:
         " event seq goes to channel seq %% K",
     )
     p.add_argument("--payload-bytes", type=int, default=0, help="pad each event's data to N B")
+    p.add_argument(
+        "--connect-concurrency",
+        type=int,
+        default=256,
+        help="streams each client process opens at once (each waits until it is ready)",
+    )
     p.add_argument("--label", default="")
     p.add_argument("--json-out", help="append the JSON result line to this file")
     args = p.parse_args(argv)
@@ -1167,6 +1175,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, str | None]:
         publish_url=args.publish_url,
         channels=max(1, args.channels),
         payload_bytes=args.payload_bytes,
+        connect_concurrency=max(1, args.connect_concurrency),
     )
     if cfg.ready == "nchan" and not cfg.publish_url:
         p.error("--ready nchan needs --publish-url (its channel info is read there)")
