@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -180,7 +181,14 @@ def series(lines: list[dict[str, Any]], curve: str, y: Any) -> dict[str, list[tu
         value = y(line["result"])
         if value is not None:
             out.setdefault(server, []).append((line["x"], value))
-    return {k: sorted(v) for k, v in out.items()}
+    # Several runs at one x (publish_bench measures 1 connection with every N): their median.
+    merged: dict[str, list[tuple[float, float]]] = {}
+    for server, points in out.items():
+        by_x: dict[float, list[float]] = {}
+        for x, value in points:
+            by_x.setdefault(x, []).append(value)
+        merged[server] = sorted((x, statistics.median(v)) for x, v in by_x.items())
+    return merged
 
 
 def plot(results: Path) -> list[Path]:
@@ -238,7 +246,7 @@ def plot(results: Path) -> list[Path]:
             annotate_workers(ax, lines)
         if curve in ("rss", "payload", "publish"):
             ax.set_xscale("log")
-        if curve == "publish":
+        if curve in ("publish", "p99"):
             ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
