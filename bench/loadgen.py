@@ -48,7 +48,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 DATA_LINE = re.compile(rb"data: (\d+):(\d+)")
-PAYLOAD = re.compile(r'"(\d+):(\d+)"')
+PAYLOAD = re.compile(r'"(\d+):(\d+)')
 READY_COMMENT = b": ready"
 HEAD_END = b"\r\n\r\n"
 #: Linux IP_BIND_ADDRESS_NO_PORT: bind a source address, pick the port at connect().
@@ -80,6 +80,26 @@ class Config:
     label: str
     redis: str | None = None
     redis_prefix: str = ""
+    #: Publish with HTTP POST to this URL ("{channel}" is replaced), e.g. nchan's /pub/{channel}.
+    publish_url: str | None = None
+    #: Streams are spread over this many channels (channel + index when more than one).
+    channels: int = 1
+    #: Pad each event's data to about this many bytes (0: no padding).
+    payload_bytes: int = 0
+    #: Connections opened at once per client process (until each is ready).
+    connect_concurrency: int = 256
+
+    def channel_name(self, index: int) -> str:
+        """The name of channel ``index`` (the plain channel when there is only one)."""
+        return self.channel if self.channels == 1 else f"{self.channel}{index}"
+
+    def path_of(self, index: int) -> str:
+        """The request target of a stream on channel ``index``."""
+        _, _, path = self.target
+        if self.channels == 1:
+            return path
+        base, sep, query = path.partition("?")
+        return base[: len(base) - len(self.channel)] + self.channel_name(index) + sep + query
 
     @property
     def target(self) -> tuple[str, int, str]:
@@ -103,6 +123,7 @@ class WorkerTally:
     failed: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     connect_seconds: float = 0.0
+    expected: int = 0
     delivered: int = 0
     lost: int = 0
     duplicated: int = 0
@@ -119,12 +140,14 @@ class WorkerTally:
 class SseClient(asyncio.Protocol):
     """One SSE stream: checks the head, waits for readiness, then tallies events."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, channel: int) -> None:
         self.worker = worker
         self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.streaming = False
-        self.seen = bytearray(worker.count)
+        #: Events seq, seq + K, ... go to channel seq % K (K channels): bit seq // K.
+        self.channel = channel
+        self.seen = bytearray(len(range(channel, worker.count, worker.cfg.channels)))
         self.unique = 0
         self.duplicated = 0
         self.out_of_order = 0
@@ -188,9 +211,15 @@ class SseClient(asyncio.Protocol):
         events = DATA_LINE.findall(buf, 0, end)
         if not events:
             return
+        stride = worker.cfg.channels
+        worst = worker.worst_us
         for seq_text, ns_text in events:
-            seq = int(seq_text)
-            latencies.append((now - int(ns_text)) // 1000)
+            number = int(seq_text)
+            seq = number // stride
+            latency = (now - int(ns_text)) // 1000
+            latencies.append(latency)
+            if number < len(worst) and latency > worst[number]:
+                worst[number] = latency
             if seq >= len(seen) or seen[seq]:
                 self.duplicated += 1
                 continue
@@ -210,15 +239,18 @@ class SseClient(asyncio.Protocol):
 class Worker:
     """One client process: ``clients`` streams on one event loop."""
 
-    def __init__(self, cfg: Config, index: int, clients: int, pipe: Connection) -> None:
+    def __init__(self, cfg: Config, index: int, first: int, clients: int, pipe: Connection) -> None:
         self.cfg = cfg
         self.index = index
+        self.first = first
         self.n = clients
         self.pipe = pipe
         self.loop = asyncio.get_running_loop()
         self.count = cfg.count
-        self.ready_mode = "headers" if cfg.ready == "pg" else cfg.ready
+        self.ready_mode = "headers" if cfg.ready in ("pg", "nchan") else cfg.ready
         self.latencies_us: array.array[int] = array.array("q")
+        #: The slowest delivery of each event (by its number): is the tail a few events?
+        self.worst_us: array.array[int] = array.array("q", bytes(8 * cfg.count))
         self.first_recv_ns = 0
         self.last_recv_ns = 0
         self.clients: list[SseClient] = []
@@ -244,14 +276,17 @@ class Worker:
         return self.pipe.recv()
 
     async def connect_one(self, i: int, gate: asyncio.Semaphore) -> SseClient | None:
-        host, port, path = self.cfg.target
-        client = SseClient(self)
+        host, port, _ = self.cfg.target
+        number = self.first + i  # this stream's number across all client processes
+        channel = number % self.cfg.channels
+        path = self.cfg.path_of(channel)
+        client = SseClient(self, channel)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
             async with gate:
                 if self.cfg.source_addrs > 1:
-                    n = (self.index * self.n + i) % self.cfg.source_addrs
+                    n = number % self.cfg.source_addrs
                     sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                     sock.bind((f"127.0.0.{1 + n}", 0))
                 await self.loop.sock_connect(sock, (host, port))
@@ -271,7 +306,7 @@ class Worker:
 
     async def connect_all(self) -> None:
         started = time.monotonic()
-        gate = asyncio.Semaphore(256)
+        gate = asyncio.Semaphore(self.cfg.connect_concurrency)
         tasks = [asyncio.ensure_future(self.connect_one(i, gate)) for i in range(self.n)]
         done, pending = await asyncio.wait(tasks, timeout=self.cfg.connect_timeout)
         for task in pending:
@@ -292,27 +327,35 @@ class Worker:
         cpu0, wall0 = time.process_time(), time.monotonic()
         if self.tally.connected == 0 or self.count == 0:
             self.all_complete.set()
-        message = await self.recv()  # ("published", drain_timeout)
+        message = await self.recv()  # ("published", drain_timeout, published)
+        published = self.count
         if message[0] == "published":
+            published = message[2]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.all_complete.wait(), timeout=message[1])
         self.tally.cpu_seconds = time.process_time() - cpu0
         self.tally.wall_seconds = time.monotonic() - wall0
-        self.summarise()
-        self.pipe.send(("result", asdict(self.tally), self.latencies_us.tobytes()))
+        self.summarise(published)
+        self.pipe.send(
+            ("result", asdict(self.tally), self.latencies_us.tobytes(), self.worst_us.tobytes())
+        )
         await self.recv()  # ("close",): the coordinator has read the server's state
         for client in self.clients:
             if client.transport is not None:
                 client.transport.abort()
 
-    def summarise(self) -> None:
+    def summarise(self, published: int) -> None:
         t = self.tally
+        stride = self.cfg.channels
+        t.expected = sum(len(range(c.channel, published, stride)) for c in self.clients)
         t.delivered = sum(c.unique for c in self.clients)
         t.duplicated = sum(c.duplicated for c in self.clients)
         t.out_of_order = sum(c.out_of_order for c in self.clients)
-        t.lost = self.count * t.connected - t.delivered
+        t.lost = t.expected - t.delivered
         t.closed_early = sum(c.closed for c in self.clients)
-        t.clients_with_loss = sum(c.unique < self.count for c in self.clients)
+        t.clients_with_loss = sum(
+            c.unique < len(range(c.channel, published, stride)) for c in self.clients
+        )
         t.min_delivered = min((c.unique for c in self.clients), default=0)
         t.first_recv_ns, t.last_recv_ns = self.first_recv_ns, self.last_recv_ns
 
@@ -323,7 +366,7 @@ def raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def worker_main(cfg: Config, index: int, clients: int, pipe: Connection) -> None:
+def worker_main(cfg: Config, index: int, first: int, clients: int, pipe: Connection) -> None:
     """Entry point of a client process."""
     raise_nofile()
     # A lost coordinator must not leave this process behind.
@@ -332,7 +375,7 @@ def worker_main(cfg: Config, index: int, clients: int, pipe: Connection) -> None
     watchdog.start()
 
     async def main() -> None:
-        await Worker(cfg, index, clients, pipe).run()
+        await Worker(cfg, index, first, clients, pipe).run()
 
     with (
         asyncio.Runner(loop_factory=loop_factory()) as runner,
@@ -395,6 +438,16 @@ class DirectListener:
                     now = time.time_ns()
                     if match := PAYLOAD.search(n.payload):
                         self.latencies_us.append((now - int(match[2])) // 1000)
+
+
+class NoListener(DirectListener):
+    """No bus to listen on (an HTTP publisher such as nchan's): records nothing."""
+
+    def start(self, timeout: float = 10.0) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
 
 
 class RedisDirectListener(DirectListener):
@@ -470,6 +523,29 @@ class ServerProbe:
                 total += proc.memory_info().rss
         return total
 
+    def processes(self) -> list[dict[str, Any]]:
+        """Each server process's open files and RSS (MB): how streams spread over workers."""
+        if self.pid is None:
+            return []
+        out = []
+        with contextlib.suppress(Exception):
+            for proc in server_processes(self.pid):
+                out.append(
+                    {"pid": proc.pid, "fds": proc.num_fds(), "rss_mb": mb(proc.memory_info().rss)}
+                )
+        return out
+
+    def pss(self) -> int:
+        """Proportional set size of the server's processes: pages shared by forked
+        workers (or nginx's master and worker) counted once in all, not once each."""
+        if self.pid is None:
+            return 0
+        total = 0
+        with contextlib.suppress(Exception):
+            for proc in server_processes(self.pid):
+                total += proc.memory_full_info().pss
+        return total
+
     def cpu_seconds(self) -> float:
         if self.pid is None:
             return 0.0
@@ -514,6 +590,132 @@ def pg_connections(db: Any, pid: int | None, pg_port: int) -> dict[str, Any]:
     return {"total": sum(by_name.values()), "by_application_name": by_name}
 
 
+# -- the publishers ------------------------------------------------------------------
+
+
+def sender(cfg: Config, db: Any) -> tuple[Any, Any]:
+    """``(send(channel, data), close())`` for the configured bus.
+
+    PostgreSQL and Redis get the JSON envelope ``{"data": ...}`` (a relay turns it into a
+    ``data:`` line); an HTTP publisher (nchan) gets the data itself as the POST body, on
+    one keep-alive connection, and must answer 2xx.
+    """
+    if cfg.publish_url:
+        poster = PipelinedPoster(cfg.publish_url, timeout=cfg.drain_timeout + 30)
+        return poster.post, poster.close
+    if cfg.redis:
+        import redis
+
+        client = redis.Redis.from_url(cfg.redis, client_name="sserelay-bench")
+
+        def publish(channel: str, data: str) -> None:
+            client.publish(cfg.redis_prefix + channel, json.dumps({"data": data}))
+
+        return publish, client.close
+
+    def notify(channel: str, data: str) -> None:
+        db.execute("SELECT pg_notify(%s, %s)", (channel, json.dumps({"data": data})))
+
+    return notify, lambda: None
+
+
+class PipelinedPoster:
+    """HTTP POSTs on one keep-alive connection, sent on schedule without waiting for the
+    answers (HTTP/1.1 pipelining); a thread reads the answers and counts refusals.
+
+    Waiting for each answer would let a slow server slow the publisher down, and the
+    events it failed to take in time would never show as latency (coordinated omission):
+    nchan answers a publish only after its worker has handed the message on.
+    """
+
+    def __init__(self, url: str, timeout: float) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.url = url
+        self.host = parts.hostname or "127.0.0.1"
+        self.sock = socket.create_connection((self.host, parts.port or 80), timeout=10)
+        self.sock.settimeout(None)
+        self.timeout = timeout
+        self.sent = 0
+        self.answered = 0
+        self.refused: list[str] = []
+        self.done = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def post(self, channel: str, data: str) -> None:
+        path = urllib.parse.urlsplit(self.url.format(channel=channel)).path
+        body = data.encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: text/plain\r\n"
+            f"Accept: text/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self.sock.sendall(head.encode() + body)
+        self.sent += 1
+
+    def close(self) -> None:
+        """Wait (bounded) for every answer; raise if one was not 2xx or never came."""
+        deadline = time.monotonic() + self.timeout
+        with self.done:
+            while self.answered < self.sent and time.monotonic() < deadline:
+                self.done.wait(0.5)
+        self.sock.close()
+        if self.refused:
+            raise RuntimeError(f"{len(self.refused)} publishes refused: {self.refused[:3]}")
+        if self.answered < self.sent:
+            raise RuntimeError(f"only {self.answered} of {self.sent} publishes answered")
+
+    def _read(self) -> None:
+        buf = b""
+        with contextlib.suppress(OSError):
+            while True:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    data = self.sock.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                    continue
+                head = buf[:end].decode("latin-1")
+                length = 0
+                for line in head.split("\r\n")[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                while len(buf) < end + 4 + length:
+                    data = self.sock.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                buf = buf[end + 4 + length :]
+                status = head.split(" ", 2)[1]
+                with self.done:
+                    if not status.startswith("2"):
+                        self.refused.append(head.split("\r\n", 1)[0])
+                    self.answered += 1
+                    self.done.notify_all()
+
+
+def nchan_subscribers(cfg: Config) -> int:
+    """Subscribers nchan counts on the run's channels (its channel info, ``text/json``)."""
+    import http.client
+
+    assert cfg.publish_url is not None
+    parts = urllib.parse.urlsplit(cfg.publish_url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=5)
+    total = 0
+    try:
+        for i in range(cfg.channels):
+            path = urllib.parse.urlsplit(cfg.publish_url.format(channel=cfg.channel_name(i))).path
+            conn.request("GET", path, headers={"Accept": "text/json"})
+            reply = conn.getresponse()
+            body = reply.read()
+            if reply.status == 200:
+                total += int(json.loads(body)["subscribers"])
+    finally:
+        conn.close()
+    return total
+
+
 # -- the coordinator -----------------------------------------------------------------
 
 
@@ -528,14 +730,16 @@ class Coordinator:
         per = [self.cfg.clients // self.cfg.procs] * self.cfg.procs
         for i in range(self.cfg.clients % self.cfg.procs):
             per[i] += 1
+        first = 0
         for index, n in enumerate(per):
             ours, theirs = self.ctx.Pipe()
             proc = self.ctx.Process(
-                target=worker_main, args=(self.cfg, index, n, theirs), daemon=True
+                target=worker_main, args=(self.cfg, index, first, n, theirs), daemon=True
             )
             proc.start()
             theirs.close()
             self.workers.append((proc, ours))
+            first += n
 
     def gather(self, kind: str, timeout: float) -> list[Any]:
         deadline = time.monotonic() + timeout
@@ -563,6 +767,17 @@ class Coordinator:
                 proc.kill()
                 proc.join(1)
 
+    def wait_nchan(self, expected: int, timeout: float) -> int:
+        """``--ready nchan``: wait until nchan counts ``expected`` subscribers."""
+        deadline = time.monotonic() + timeout
+        n = 0
+        while time.monotonic() < deadline:
+            n = nchan_subscribers(self.cfg)
+            if n >= expected:
+                break
+            time.sleep(0.1)
+        return n
+
     def wait_listening(self, db: Any, expected: int, timeout: float) -> int:
         """``--ready pg``: wait until ``expected`` backends ran ``LISTEN <channel>``."""
         deadline = time.monotonic() + timeout
@@ -578,40 +793,36 @@ class Coordinator:
         return int(n)
 
     def publish(self, db: Any) -> tuple[int, int, int]:
-        """Publish ``count`` events; returns (published, first_ns, last_ns)."""
+        """Publish ``count`` events; returns (published, first_ns, last_ns).
+
+        Event ``seq`` goes to channel ``seq % channels``; its data is ``<seq>:<time_ns>``,
+        padded with a space and ``x`` up to ``--payload-bytes``.
+        """
         cfg = self.cfg
-        channel = cfg.channel
-        if cfg.redis:
-            import redis
-
-            client = redis.Redis.from_url(cfg.redis, client_name="sserelay-bench")
-            wire = cfg.redis_prefix + channel
-
-            def send(payload: str) -> None:
-                client.publish(wire, payload)
-
-        else:
-
-            def send(payload: str) -> None:
-                db.execute("SELECT pg_notify(%s, %s)", (channel, payload))
-
+        send, close = sender(cfg, db)
         start = time.monotonic()
         stop_at = start + cfg.duration + 30 if cfg.rate else start + cfg.deadline
         first_ns = last_ns = 0
         published = 0
-        for seq in range(cfg.count):
-            if cfg.rate:
-                delay = start + seq / cfg.rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            if time.monotonic() > stop_at:
-                self.notes.append(f"publisher stopped early after {published} events")
-                break
-            last_ns = time.time_ns()
-            payload = f'{{"data":"{seq}:{last_ns}"}}'
-            send(payload)
-            first_ns = first_ns or last_ns
-            published += 1
+        names = [cfg.channel_name(i) for i in range(cfg.channels)]
+        try:
+            for seq in range(cfg.count):
+                if cfg.rate:
+                    delay = start + seq / cfg.rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                if time.monotonic() > stop_at:
+                    self.notes.append(f"publisher stopped early after {published} events")
+                    break
+                last_ns = time.time_ns()
+                data = f"{seq}:{last_ns}"
+                if cfg.payload_bytes > len(data) + 1:
+                    data += " " + "x" * (cfg.payload_bytes - len(data) - 1)
+                send(names[seq % cfg.channels], data)
+                first_ns = first_ns or last_ns
+                published += 1
+        finally:
+            close()
         return published, first_ns, last_ns
 
     def run(self) -> dict[str, Any]:
@@ -620,6 +831,7 @@ class Coordinator:
         cfg = self.cfg
         probe = ServerProbe(cfg.server_pid)
         pg_port = urllib.parse.urlsplit(cfg.dsn).port or 5432
+        rss_idle = probe.rss()
         self.spawn()
         try:
             readies = [r[0] for r in self.gather("ready", cfg.connect_timeout + 30)]
@@ -629,15 +841,22 @@ class Coordinator:
                 listening = None
                 if cfg.ready == "pg":
                     listening = self.wait_listening(db, connected, cfg.connect_timeout)
+                elif cfg.ready == "nchan":
+                    listening = self.wait_nchan(connected, cfg.connect_timeout)
                 time.sleep(cfg.settle)
                 pg = pg_connections(db, cfg.server_pid, pg_port)
                 redis_conns = None
                 if cfg.redis:
                     redis_conns = redis_connections(cfg.redis, cfg.server_pid)
                 rss_subscribed = probe.rss()
-                direct: DirectListener = DirectListener(cfg.dsn, cfg.channel)
+                pss_subscribed = probe.pss()
+                server_procs = probe.processes()
+                first = cfg.channel_name(0)
+                direct: DirectListener = DirectListener(cfg.dsn, first)
                 if cfg.redis:
-                    direct = RedisDirectListener(cfg.redis, cfg.redis_prefix + cfg.channel)
+                    direct = RedisDirectListener(cfg.redis, cfg.redis_prefix + first)
+                elif cfg.publish_url:
+                    direct = NoListener(cfg.dsn, first)  # HTTP publishing: no bus in between
                 direct.start()
                 self.broadcast("go")
                 if cfg.hold:
@@ -645,7 +864,7 @@ class Coordinator:
                 cpu0, wall0 = probe.cpu_seconds(), time.monotonic()
                 machine0 = machine_busy_seconds()
                 published, first_ns, last_ns = self.publish(db)
-                self.broadcast("published", cfg.drain_timeout)
+                self.broadcast("published", cfg.drain_timeout, published)
                 results = self.gather("result", cfg.drain_timeout + 60)
                 server_cpu = probe.cpu_seconds() - cpu0
                 server_wall = time.monotonic() - wall0
@@ -660,12 +879,17 @@ class Coordinator:
                     proc.kill()
         tallies = [r[0] for r in results]
         latencies = array.array("q")
+        worst = array.array("q", bytes(8 * cfg.count))
         for r in results:
             latencies.frombytes(r[1])
+            theirs = array.array("q")
+            theirs.frombytes(r[2])
+            worst = array.array("q", map(max, worst, theirs))
         return self.report(
             readies=readies,
             tallies=tallies,
             latencies=latencies,
+            worst=worst,
             published=published,
             first_ns=first_ns,
             last_ns=last_ns,
@@ -673,7 +897,10 @@ class Coordinator:
             redis_conns=redis_conns,
             direct=direct.latencies_us,
             listening=listening,
+            rss_idle=rss_idle,
             rss_subscribed=rss_subscribed,
+            pss_subscribed=pss_subscribed,
+            server_procs=server_procs,
             rss_end=rss_end,
             peak_rss=max(probe.peak_rss, rss_subscribed, rss_end),
             server_cpu=server_cpu,
@@ -718,9 +945,9 @@ class Coordinator:
             "mode": f"rate {cfg.rate:g}/s" if cfg.rate else "unthrottled",
             "published": r["published"],
             "publish_seconds": (r["last_ns"] - r["first_ns"]) / 1e9,
-            "expected": r["published"] * connected,
+            "expected": sum(t["expected"] for t in tallies),
             "delivered": delivered,
-            "lost": sum(t["lost"] for t in tallies) - (cfg.count - r["published"]) * connected,
+            "lost": sum(t["lost"] for t in tallies),
             "duplicated": sum(t["duplicated"] for t in tallies),
             "out_of_order": sum(t["out_of_order"] for t in tallies),
             "closed_early": sum(t["closed_early"] for t in tallies),
@@ -729,13 +956,32 @@ class Coordinator:
             "window_seconds": round(window, 3),
             "deliveries_per_s": round(delivered / window) if window > 0 else 0,
             "latency_ms": percentiles(r["latencies"]),
+            # The events whose slowest delivery was slowest: [event number, ms], and how
+            # many events had a delivery over 100 ms (a tail from a few events is a pause
+            # somewhere; from all of them, a queue).
+            "worst_events_ms": sorted(
+                ([i, round(v / 1000, 1)] for i, v in enumerate(r["worst"])),
+                key=lambda e: -e[1],
+            )[:5],
+            "events_over_100ms": sum(v > 100_000 for v in r["worst"]),
             "pg_direct_latency_ms": percentiles(r["direct"]),
             "server_pid": cfg.server_pid,
+            "ready": cfg.ready,
+            "channels": cfg.channels,
+            "payload_bytes": cfg.payload_bytes,
+            "server_processes": len(r["server_procs"]),
+            "server_process_detail": r["server_procs"],
             "server_rss_mb": {
+                "idle": mb(r["rss_idle"]),
                 "subscribed": mb(r["rss_subscribed"]),
+                "pss_subscribed": mb(r["pss_subscribed"]),
                 "peak": mb(r["peak_rss"]),
                 "end": mb(r["rss_end"]),
             },
+            # (peak - idle) / streams: what serving them took, events in flight included.
+            "server_rss_kb_per_stream": (
+                round((r["peak_rss"] - r["rss_idle"]) / 1024 / connected, 2) if connected else None
+            ),
             "server_cpu_seconds": round(r["server_cpu"], 3),
             "server_cpu_us_per_delivery": (
                 round(r["server_cpu"] * 1e6 / delivered, 2) if delivered else None
@@ -786,6 +1032,11 @@ def table(result: dict[str, Any]) -> str:
             f"dup {result['duplicated']}  out-of-order {result['out_of_order']}",
         ),
         ("clients with loss", f"{result['clients_with_loss']} (closed {result['closed_early']})"),
+        (
+            "slowest events",
+            f"{result['events_over_100ms']} of {result['published']} had a delivery over"
+            f" 100 ms; worst [event, ms]: {result['worst_events_ms']}",
+        ),
         ("deliveries/s", f"{result['deliveries_per_s']:,} over {result['window_seconds']} s"),
         (
             "latency ms",
@@ -797,7 +1048,13 @@ def table(result: dict[str, Any]) -> str:
                 **result["pg_direct_latency_ms"]
             ),
         ),
-        ("server RSS MB", f"subscribed {rss['subscribed']}  peak {rss['peak']}  end {rss['end']}"),
+        (
+            "server RSS MB",
+            f"idle {rss['idle']}  subscribed {rss['subscribed']} (PSS {rss['pss_subscribed']})"
+            f"  peak {rss['peak']}  end {rss['end']}"
+            f"  = {result['server_rss_kb_per_stream']} KB/stream"
+            f"  ({result['server_processes']} processes)",
+        ),
         (
             "server CPU",
             f"{result['server_cpu_seconds']} s = {result['server_cpu_share']:.0%} of a core"
@@ -816,7 +1073,8 @@ def table(result: dict[str, Any]) -> str:
         ),
     ]
     if result["pg_listen_backends"] is not None:
-        rows.append(("LISTEN backends", str(result["pg_listen_backends"])))
+        what = "nchan subscribers" if result.get("ready") == "nchan" else "LISTEN backends"
+        rows.append((what, str(result["pg_listen_backends"])))
     if result["connect_errors"]:
         rows.append(("connect errors", json.dumps(result["connect_errors"])))
     rows.append(
@@ -845,10 +1103,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, str | None]:
     p.add_argument("--procs", type=int, default=2, help="client processes")
     p.add_argument(
         "--ready",
-        choices=("comment", "headers", "pg"),
+        choices=("comment", "headers", "pg", "nchan"),
         default="comment",
         help="comment: wait for ': ready'; headers: response head only; "
-        "pg: head, then N backends in pg_stat_activity ran LISTEN <channel>",
+        "pg: head, then N backends in pg_stat_activity ran LISTEN <channel>; "
+        "nchan: head, then nchan's channel info counts N subscribers",
     )
     p.add_argument("--settle", type=float, default=0.5, help="seconds to wait once all are ready")
     p.add_argument("--source-addrs", type=int, default=1, help="spread over 127.0.0.1..N")
@@ -859,6 +1118,25 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, str | None]:
     p.add_argument("--deadline", type=float, help="hard bound on the whole run (seconds)")
     p.add_argument("--redis", help="publish with Redis PUBLISH on this URL instead of pg_notify")
     p.add_argument("--redis-prefix", default="", help="the relay's SSERELAY_REDIS_PREFIX")
+    p.add_argument(
+        "--publish-url",
+        help="publish with HTTP POST of the data to this URL ({channel} replaced), e.g."
+        " nchan's http://127.0.0.1:8090/pub/{channel}",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=1,
+        help="spread the streams over this many channels (<channel>0 .. <channel>K-1);"
+        " event seq goes to channel seq %% K",
+    )
+    p.add_argument("--payload-bytes", type=int, default=0, help="pad each event's data to N B")
+    p.add_argument(
+        "--connect-concurrency",
+        type=int,
+        default=256,
+        help="streams each client process opens at once (each waits until it is ready)",
+    )
     p.add_argument("--label", default="")
     p.add_argument("--json-out", help="append the JSON result line to this file")
     args = p.parse_args(argv)
@@ -894,7 +1172,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, str | None]:
         label=args.label,
         redis=args.redis,
         redis_prefix=args.redis_prefix,
+        publish_url=args.publish_url,
+        channels=max(1, args.channels),
+        payload_bytes=args.payload_bytes,
+        connect_concurrency=max(1, args.connect_concurrency),
     )
+    if cfg.ready == "nchan" and not cfg.publish_url:
+        p.error("--ready nchan needs --publish-url (its channel info is read there)")
     return cfg, args.json_out
 
 

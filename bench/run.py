@@ -75,6 +75,8 @@ class Session:
     dsn: str
     profile: bool
     redis: str = REDIS
+    #: perf record every server (kernel and C frames too): `perf` must be installed.
+    perf: bool = False
     #: Key and channel prefix of this session's relays on Redis (cleaned up at the end).
     redis_prefix: str = ""
     brokers: tuple[str, ...] = ("postgres", "redis")
@@ -141,6 +143,19 @@ def server_command(
     if kind == "sserelay":
         cmd = [str(SSERELAY), "serve", "--port", str(port), "--dsn", dsn]
         env["LOG_LEVEL"] = "WARNING"
+        if os.environ.get("SSERELAY_SRC"):
+            # The relay from an exported tree rather than this checkout (see sserelay-ref).
+            cmd[:1] = [str(PYTHON), "-m", "sserelay"]
+            env["PYTHONPATH"] = os.environ["SSERELAY_SRC"]
+        return cmd, env, ROOT
+    if kind == "sserelay-ref":
+        # Before/after in one run: the same relay from another source tree (e.g.
+        # `git archive <commit> src | tar -x -C /tmp/ref`), named by SSERELAY_REF_SRC.
+        ref = os.environ.get("SSERELAY_REF_SRC")
+        if not ref:
+            raise RuntimeError("sserelay-ref needs SSERELAY_REF_SRC=<a src/ directory>")
+        cmd = [str(PYTHON), "-m", "sserelay", "serve", "--port", str(port), "--dsn", dsn]
+        env.update(LOG_LEVEL="WARNING", PYTHONPATH=ref)
         return cmd, env, ROOT
     if kind == "sserelay-redis":
         cmd = [str(SSERELAY), "serve", "--port", str(port), "--redis", session.redis]
@@ -148,6 +163,24 @@ def server_command(
         return cmd, env, ROOT
     if kind == "baseline":
         cmd = [str(PYTHON), str(BENCH / "baseline.py"), "--port", str(port), "--dsn", dsn]
+        return cmd, env, ROOT
+    if kind == "nchan":
+        import nchan
+
+        conf = nchan.write_config(session.out / f"nginx-{port}", "127.0.0.1", port)
+        return nchan.command(conf), env, ROOT
+    if kind.startswith(("sserelay-workers-", "sserelay-ref-workers-")):
+        # sserelay[-ref]-workers-<N>: --workers N on PostgreSQL (see scale.py).
+        workers = kind.rsplit("-", 1)[1]
+        cmd = [str(SSERELAY), "serve", "--port", str(port), "--dsn", dsn, "--workers", workers]
+        env["LOG_LEVEL"] = "WARNING"
+        ref = kind.startswith("sserelay-ref-")
+        src = os.environ.get("SSERELAY_REF_SRC" if ref else "SSERELAY_SRC")
+        if ref and not src:
+            raise RuntimeError(f"{kind} needs SSERELAY_REF_SRC=<a src/ directory>")
+        if src:
+            cmd[:1] = [str(PYTHON), "-m", "sserelay"]
+            env["PYTHONPATH"] = src
         return cmd, env, ROOT
     if kind == "ssr":
         cmd = [str(SSR_VENV / "bin" / "sse-relay-server"), "--host", "127.0.0.1"]
@@ -169,26 +202,36 @@ def server(session: Session, kind: str, name: str) -> Iterator[tuple[int, int]]:
     proc = subprocess.Popen(
         cmd, env=env, cwd=cwd, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True
     )
-    profiler = None
+    profiler = perf = None
     profile = session.out / f"{name}.pyspy.txt"
+    perf_data = session.out / f"{name}.perf.data"
     try:
         wait_port(port, proc, 20)
         time.sleep(0.5)  # the listener connects right after the socket is bound
-        if session.profile and kind != "ssr":
-            profiler = start_profiler(session, proc.pid, profile)
+        if session.profile and kind not in ("ssr", "nchan"):
+            workers = "-workers-" in kind
+            profiler = start_profiler(session, proc.pid, profile, subprocesses=workers)
+        if session.perf:
+            perf = start_perf(session, proc.pid, perf_data)
         yield port, proc.pid
     finally:
         if profiler is not None:
             stop_profiler(session, profiler, profile)
+        if perf is not None:
+            stop_perf(session, perf, perf_data)
         if not stop(proc):
             session.say(f"!! {name}: the server did not exit within 10 s of SIGTERM; killed")
         logfile.close()
 
 
-def start_profiler(session: Session, pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+def start_profiler(
+    session: Session, pid: int, out: Path, *, subprocesses: bool = False
+) -> subprocess.Popen[bytes] | None:
     pyspy = TOOLS_VENV / "bin" / "py-spy"
     cmd = [str(pyspy), "record", "--pid", str(pid), "--format", "raw", "-o", str(out)]
-    cmd += ["--rate", "200", "--nonblocking", "--duration", "300"]
+    cmd += ["--rate", "100" if subprocesses else "200", "--nonblocking", "--duration", "600"]
+    if subprocesses:
+        cmd.append("--subprocesses")  # --workers N: every worker, not the supervisor alone
     session.say(f"$ {shlex.join(cmd)}")
     return subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -207,6 +250,43 @@ def stop_profiler(session: Session, proc: subprocess.Popen[bytes], out: Path) ->
         top = profile_top(out)
         out.with_suffix(".top.txt").write_text(top)
         session.say(top)
+
+
+def start_perf(session: Session, pid: int, out: Path) -> subprocess.Popen[bytes]:
+    """perf record of ``pid`` and the children it has now (nginx's worker, --workers')."""
+    import psutil
+
+    pids = [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
+    cmd = ["perf", "record", "-F", "499", "-g", "-p", ",".join(map(str, pids)), "-o", str(out)]
+    session.say(f"$ {shlex.join(cmd)}")
+    return subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+
+def stop_perf(session: Session, proc: subprocess.Popen[bytes], out: Path) -> None:
+    """Stop perf (it writes on SIGINT) and keep its top symbols: kernel against user."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+    if not out.exists():
+        return
+    texts = []
+    for sort, limit in (("dso", "0.5"), ("dso,sym", "0.7")):
+        report = ["perf", "report", "-i", str(out), "--stdio", "--no-children"]
+        report += ["--sort", sort, "-g", "none", "--percent-limit", limit]
+        try:
+            texts.append(subprocess.run(report, capture_output=True, timeout=120).stdout.decode())
+        except (OSError, subprocess.SubprocessError) as exc:
+            texts.append(f"perf report failed: {exc}")
+    text = "\n".join(texts)
+    top = "\n".join(line for line in text.splitlines() if line and not line.startswith("#"))
+    out.with_suffix(".top.txt").write_text(top + "\n")
+    session.say(f"perf {out.name}:\n{top[:3000]}")
+    out.unlink()  # the raw data is large; the summary is kept
 
 
 def profile_top(raw: Path, n: int = 12) -> str:
@@ -244,6 +324,9 @@ def loadgen(session: Session, scenario: str, kind: str, name: str, args: list[st
                 template += ["--ready", "pg"]
             if kind == "sserelay-redis":
                 template += ["--redis", session.redis, "--redis-prefix", session.redis_prefix]
+            if kind == "nchan":
+                template += ["--publish-url", "http://127.0.0.1:$PORT/pub/{channel}"]
+                template += ["--ready", "nchan"]
             shown = shlex.join(template)
             cmd = [a.replace("$PORT", str(port)).replace("$PID", str(pid)) for a in template]
             session.say(f"$ {shown}")
@@ -537,6 +620,17 @@ def summary(session: Session, started: float, load: tuple[list[float], list[floa
 
 def source_state() -> str:
     """The commit measured, and whether src/ had uncommitted changes (read-only git)."""
+    if os.environ.get("SSERELAY_SRC") or os.environ.get("SSERELAY_REF_SRC"):
+        trees = ", ".join(
+            f"{name}={os.environ[name]}"
+            for name in ("SSERELAY_SRC", "SSERELAY_REF_SRC")
+            if os.environ.get(name)
+        )
+        return f"exported trees: {trees} (checkout at {checkout_state()})"
+    return checkout_state()
+
+
+def checkout_state() -> str:
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, timeout=10
@@ -550,6 +644,18 @@ def source_state() -> str:
     return head.strip() + (f" + {changed} uncommitted file(s) in src/" if changed else "")
 
 
+def raise_nofile(say: Any) -> None:
+    """Soft ``RLIMIT_NOFILE`` up to the hard limit, for this process and every server and
+    load generator it starts (they inherit it). The hard limit caps what one process may
+    hold (20,000 here): scenario w spreads 100,000 streams over processes for that reason."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    say(f"open files per process: soft limit {soft} -> {hard} (the hard limit)")
+
+
 def fmt_load(values: list[float]) -> str:
     return "/".join(f"{v:.2f}" for v in values)
 
@@ -558,10 +664,30 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--only", default="abcd", help="scenarios to run, e.g. 'bc'")
-    parser.add_argument("--repeats", type=int, default=5, help="rounds per server in c")
+    parser.add_argument(
+        "--only",
+        default="abcd",
+        help="scenarios to run, e.g. 'bc'; also n (against nchan) and w (100,000 streams,"
+        " --workers), which are not in the default set",
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="rounds per server in c and n")
+    parser.add_argument(
+        "--loads", default="123", help="n: which loads (1 CPU, 2 latency, 3 memory)"
+    )
+    parser.add_argument(
+        "--servers",
+        default="sserelay,nchan,baseline",
+        help="n: the servers, in the first round's order; sserelay-ref is the relay from"
+        " SSERELAY_REF_SRC (before/after a change in one run), sserelay-redis the relay on"
+        " Redis",
+    )
+    parser.add_argument("--streams", type=int, default=100_000, help="w: streams in all")
+    parser.add_argument("--workers", type=int, default=7, help="w: sserelay --workers N")
     parser.add_argument("--dsn", default=os.environ.get("SSERELAY_BENCH_DSN", DSN))
     parser.add_argument("--profile", action="store_true", help="py-spy each relay/baseline")
+    parser.add_argument(
+        "--perf", action="store_true", help="perf record each server (kernel frames too)"
+    )
     parser.add_argument(
         "--brokers",
         default="postgres,redis",
@@ -576,6 +702,7 @@ def main() -> int:
         " under 30%% busy (it is shared); 0 disables",
     )
     args = parser.parse_args()
+    raise_nofile(print)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = BENCH / "results" / stamp
     out.mkdir(parents=True, exist_ok=True)
@@ -586,6 +713,7 @@ def main() -> int:
         out=out,
         dsn=args.dsn,
         profile=args.profile,
+        perf=args.perf,
         quiet_wait=args.quiet_wait,
         redis=args.redis,
         redis_prefix=f"sserelay-bench-{os.getpid()}-{time.time_ns() % 10**6}:",
@@ -607,6 +735,16 @@ def main() -> int:
             scenario_c(session, args.repeats)
         elif key == "d":
             scenario_d(session)
+        elif key == "n":
+            import versus_nchan
+
+            servers = tuple(s.strip() for s in args.servers.split(",") if s.strip())
+            versus_nchan.scenario_n(session, args.repeats, loadgen, record, args.loads, servers)
+        elif key == "w":
+            import scale
+
+            ref = "sserelay-ref" in args.servers.split(",")
+            scale.scenario_w(session, args.streams, args.workers, loadgen, record, ref=ref)
     text = source + "\n\n" + summary(session, started, (load_before, list(os.getloadavg())))
     session.say("\n" + text)
     (out / "summary.md").write_text(text + "\n")
