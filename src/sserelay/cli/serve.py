@@ -150,7 +150,7 @@ def _add_capture_options(p: argparse.ArgumentParser) -> None:
         "--capture",
         action="store_const",
         const=True,
-        help="run change data capture too (env SSERELAY_CAPTURE; docs/capture.md)",
+        help="run change data capture too (env SSERELAY_CAPTURE; README: 'Change data capture')",
     )
     p.add_argument(
         "--capture-max-lag",

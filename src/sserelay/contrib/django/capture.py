@@ -130,7 +130,13 @@ def check_capture(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMe
     try:
         configured()
     except ConfigError as exc:
-        return [checks.Error(str(exc), hint="see docs/capture.md, Django", id="sserelay.E010")]
+        return [
+            checks.Error(
+                str(exc),
+                hint="see the README's 'Change data capture' section (docs/capture.md, Django)",
+                id="sserelay.E010",
+            )
+        ]
     return []
 
 

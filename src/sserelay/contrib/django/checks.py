@@ -53,7 +53,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         found.append(
             checks.Warning(
                 f"SSERELAY has an unknown key {key!r}",
-                hint="see docs/django.md for the keys and their defaults",
+                hint="the README's 'Django' section lists the keys and their defaults",
                 id="sserelay.W001",
             )
         )

@@ -125,7 +125,7 @@ async def stream(
     rt = runtime()
     if not isinstance(request, ASGIRequest):
         log.error("the sserelay stream view needs ASGI; under WSGI use `sserelay serve`")
-        body = error_body("streams need an ASGI server here (docs/django.md, 'ASGI')")
+        body = error_body("streams need an ASGI server here (the README's 'Django' section)")
         return HttpResponse(body, status=503, content_type="application/json")
     try:
         relay = await rt.get()
@@ -152,7 +152,7 @@ async def stream(
         rt.warned_no_disconnect = True
         log.warning(
             "Django %s does not tell a streaming view that its client left: serve Django "
-            "with sserelay.contrib.django.asgi.get_asgi_application() (docs/django.md)",
+            "with sserelay.contrib.django.asgi.get_asgi_application() (README: 'Django')",
             django.get_version(),
         )
     # Subscribed now, with no await since dispatch: shutdown cannot miss this stream.
