@@ -124,7 +124,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "capture",
         help="change data capture: publish row changes of tables",
         description=DESCRIPTION,
-        epilog="environment: DATABASE_URL, SSERELAY_DATA_DIR, LOG_LEVEL. See the README's 'Change data capture' section.",
+        epilog="environment: DATABASE_URL, SSERELAY_DATA_DIR, LOG_LEVEL. "
+        "See the README's 'Change data capture' section.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands_ = capture.add_subparsers(dest="capture_command", required=True, metavar="COMMAND")
