@@ -719,9 +719,14 @@ publish_fields = complete_messages | st.fixed_dictionaries(
 @st.composite
 def publish_requests(draw: st.DrawFn) -> bytes:
     fields = draw(publish_fields)
-    kind = draw(st.sampled_from(["json", "json", "form", "bytes"]))
+    kind = draw(st.sampled_from(["json", "json", "form", "bytes", "twice"]))
     if kind == "json":
         body = json.dumps(fields).encode()
+        ctype = b"application/json"
+    elif kind == "twice":  # a field given twice: a 400 naming it, whichever it is
+        name = draw(st.sampled_from(["channel", "data", "event", "id"]))
+        body = json.dumps(fields)[:-1].encode() + b', "%s": "again"}' % name.encode()
+        body = body.replace(b"{, ", b"{")
         ctype = b"application/json"
     elif kind == "form":
         pairs = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
@@ -746,7 +751,23 @@ def publish_requests(draw: st.DrawFn) -> bytes:
         payload = body
     else:
         headers.append(b"Transfer-Encoding: chunked")
-        payload = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
+        # Trailers: counted toward the head's limit, never changing a header.
+        trailers = draw(
+            st.lists(
+                st.sampled_from(
+                    [
+                        b"Content-Type: text/plain\r\n",
+                        b"Authorization: Bearer x.y.z\r\n",
+                        b"Cookie: a=b\r\n",
+                        b"X-Big: " + b"x" * 3000 + b"\r\n",
+                        b"Content-Length: 0\r\n",
+                    ]
+                ),
+                max_size=6,
+            )
+        )
+        chunk = b"%x\r\n%s\r\n" % (len(body), body) if body else b""
+        payload = chunk + b"0\r\n" + b"".join(trailers) + b"\r\n"
     return b"POST " + target + b" HTTP/1.1\r\n" + b"\r\n".join(headers) + b"\r\n\r\n" + payload
 
 
