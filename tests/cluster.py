@@ -98,8 +98,15 @@ class LocalCluster:
         addresses = [n.address for n in self.nodes]
         assert REDIS_CLI is not None
         created = subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas",
-             str(self.replicas), "--cluster-yes"],
+            [
+                REDIS_CLI,
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
             capture_output=True,
             text=True,
             timeout=60,

@@ -19,9 +19,9 @@ import pytest
 import redis
 import redis.asyncio
 
+from cluster import MISSING, LocalCluster
 from sserelay import apublish_durable
 from sserelay.bus.postgres.log import prune
-from cluster import MISSING, LocalCluster
 from sserelay.bus.redis.cluster.layout import CLUSTER
 from sserelay.bus.redis.publish import RedisBus as RedisPublisher
 from sserelay.bus.redis.scripts import stream_key

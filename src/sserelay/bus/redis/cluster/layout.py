@@ -29,6 +29,7 @@ import redis.asyncio
 import redis.asyncio.retry
 import redis.retry
 from redis import exceptions as redis_errors
+from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
 
 from ....errors import ConfigError
@@ -101,6 +102,15 @@ def detect(client: redis.Redis) -> Layout:
     not say (an ACL without ``INFO``) is taken for one Redis."""
     try:
         return layout_from_info(client.info("cluster"))
+    except redis_errors.ResponseError:
+        return SINGLE
+
+
+async def read_layout(conn: AbstractConnection) -> Layout:
+    """What the server of a bare (connected) connection says it is."""
+    await conn.send_command("INFO", "cluster", check_health=False)
+    try:
+        return layout_from_info(await conn.read_response())
     except redis_errors.ResponseError:
         return SINGLE
 

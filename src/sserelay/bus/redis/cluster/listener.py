@@ -1,27 +1,23 @@
 """The Redis listener for a Redis Cluster, or one Redis: whichever the URL reaches.
 
-At its first connection the listener asks the server (``INFO cluster``). One Redis gets
-the single-node listener's session, unchanged (:class:`~sserelay.bus.redis.listener.RedisListener`,
-whose subclass this is). A cluster gets sharded pub/sub:
+Its first connection asks the server (``INFO cluster``). One Redis gets the single-node
+session of :class:`~sserelay.bus.redis.listener.RedisListener` (the base class), unchanged.
+A cluster gets sharded pub/sub:
 
-- **A plain connection** to any node reads the slot map (``CLUSTER SLOTS``); when that
-  node goes, the next known node (masters, then replicas, then the URL's) is asked.
-- **One connection per master** that owns wanted names (:class:`~.shard.Shard`). Each
-  channel's two pub/sub names (plain ``<prefix><channel>``, durable
-  ``<prefix>sserelay.d.{<channel>}``) are ``SSUBSCRIBE``-d on the master of their slot; the
-  channel is live once the master confirmed both.
-- **Losing a name** (a ``-MOVED`` answer, a ``sunsubscribe`` the node sent by itself after
-  a failover or a resharding, a shard connection that fails or does not answer its
-  probe) makes the channel not live, the map is read again (at most every
-  ``reconnect_min`` seconds), and the names are subscribed on the slot's owner. When the
-  channel is live again the core is told (``on_listening``), which fills what was
-  published meanwhile from the channel's stream, exactly as after a reconnect on one
-  Redis. Other shards and their channels are not disturbed.
-- A shard connection that cannot be made is tried again with the listener's jittered
-  exponential backoff (per node), while the others work.
+- a plain connection to any node reads the slot map (:class:`~.topology.MapReader`);
+- one connection per master (:class:`~.shard.Shard`): each channel's two pub/sub names
+  (``<prefix><channel>``, ``<prefix>sserelay.d.{<channel>}``) are ``SSUBSCRIBE``-d on the
+  master of their slot; the channel is live once both are confirmed;
+- a name lost (a ``-MOVED``, a ``sunsubscribe`` the node sent after a failover or a
+  resharding, a shard connection lost or not answering its probe) makes its channel not
+  live; the map is read again (at most every ``reconnect_min`` seconds) and the name
+  subscribed on its slot's owner; once live again the core is told (``on_listening``) and
+  fills the gap from the channel's stream, as after a reconnect on one Redis. Other
+  shards are not disturbed. A node that cannot be reached is retried with jittered
+  exponential backoff.
 
-The session ends (and the base class reconnects everything) only when no node of the
-cluster answers. ``reconnects`` counts shard connections made to replace lost ones.
+The session ends (and everything reconnects) only when no node answers. ``reconnects``
+counts shard connections made to replace lost ones.
 """
 
 from __future__ import annotations
@@ -35,13 +31,12 @@ from typing import Any
 from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
 
-from .... import jitter
 from ....core.protocols import BusSink
 from ....errors import ConfigError
 from ..listener import ERRORS, RedisListener
-from .layout import SINGLE, Layout, layout_from_info
+from .layout import SINGLE, Layout, read_layout
 from .shard import Shard, State
-from .topology import Address, MapReader, SlotMap, slot_of
+from .topology import Address, Backoff, MapReader, SlotMap, slot_of
 
 log = logging.getLogger("sserelay.redis")
 
@@ -59,7 +54,6 @@ class ClusterListener(RedisListener):
         self.layout: Layout | None = None
         host, port = self._connection_kwargs.get("host"), self._connection_kwargs.get("port")
         self._seed: Address | None = (str(host), int(port)) if host and port else None
-        self._slots: SlotMap | None = None
         self._map: MapReader | None = None
         self._shards: dict[Address, Shard] = {}
         self._tasks: dict[Shard, asyncio.Task[None]] = {}
@@ -70,8 +64,8 @@ class ClusterListener(RedisListener):
         self._unplaced: set[bytes] = set()
         self._stale = False
         self._refreshed_at = 0.0
-        #: Per node: connections that failed in a row, and when to try again.
-        self._backoff: dict[Address, tuple[int, float]] = {}
+        #: When each node may be tried again.
+        self._backoff = Backoff(self.reconnect_min, self.reconnect_max)
         #: Shard connections lost and not replaced yet (for ``reconnects``).
         self._lost = 0
         self._probe_payload = b""
@@ -89,12 +83,12 @@ class ClusterListener(RedisListener):
     def status(self) -> dict[str, Any]:
         status = super().status()
         if self.clustered:
+            shards = {
+                s.name: {"connected": s.ready, "names": len(s.names)} for s in self._shards.values()
+            }
             status["cluster"] = {
                 "masters": len(self._slots.masters()) if self._slots else 0,
-                "shards": {
-                    s.name: {"connected": s.ready, "names": len(s.names)}
-                    for s in self._shards.values()
-                },
+                "shards": shards,
             }
         return status
 
@@ -130,22 +124,23 @@ class ClusterListener(RedisListener):
         """One Redis or a cluster, as the URL's server says (once per listener)."""
         conn = await self._connect(None)
         try:
-            await conn.send_command("INFO", "cluster", check_health=False)
-            layout = layout_from_info(await conn.read_response())
-        except redis_errors.ResponseError:  # an ACL without INFO: not a cluster, then
-            layout = SINGLE
+            layout = await read_layout(conn)
         finally:
             await conn.disconnect()
         if layout.clustered:
             log.info("Redis at %s is a cluster node: sharded pub/sub", self._seed)
         return layout
 
+    @property
+    def _slots(self) -> SlotMap | None:
+        return self._map.slots if self._map is not None else None
+
     async def _refresh_slots(self) -> None:
         """Read the slot map again (from any node that answers); move what moved."""
         assert self._map is not None
         self._refreshed_at = time.monotonic()
         self._stale = False
-        self._slots = await self._map.read()
+        await self._map.read()
         self._move_misplaced()
 
     # -- one step: names placed on their masters, sent ---------------------------------
@@ -233,9 +228,9 @@ class ClusterListener(RedisListener):
         shard = self._shards.get(address)
         if shard is not None:
             return shard
-        not_before = self._backoff.get(address, (0, 0.0))[1]
-        if time.monotonic() < not_before:
-            self._wake_in(not_before - time.monotonic())
+        wait = self._backoff.wait(address)
+        if wait > 0:
+            self._wake_in(wait)
             return None
         options = {**self._connection_kwargs, "host": address[0], "port": address[1]}
         shard = Shard(address, self._connection_class(**options), self)
@@ -269,17 +264,12 @@ class ClusterListener(RedisListener):
             task.cancel()
         had_connected = shard.client_id is not None
         names = shard.forget()
-        failures = 0 if had_connected else self._backoff.get(shard.address, (0, 0.0))[0] + 1
-        delay = min(self.reconnect_max, self.reconnect_min * 2 ** min(failures, 16))
-        self._backoff[shard.address] = (failures, time.monotonic() + delay * jitter.uniform(0.5, 1))
+        self._backoff.failed(shard.address, had_connected=had_connected)
         self.last_error = f"{shard.name}: {type(exc).__name__}: {exc}"
         if had_connected:
             self._lost += 1
             log.warning(
-                "Redis shard connection to %s lost: %s; %d names to subscribe again",
-                shard.name,
-                exc,
-                len(names),
+                "Redis shard %s lost: %s; resubscribing %d names", shard.name, exc, len(names)
             )
         for name in names:
             self._unplace(name)
@@ -292,24 +282,19 @@ class ClusterListener(RedisListener):
         for address, shard in list(self._shards.items()):
             if shard.idle and address not in masters:
                 del self._shards[address]
-                task = self._tasks.pop(shard)
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, *ERRORS):
-                    await task
+                await self._stop(shard)
 
     def _wake_in(self, delay: float) -> None:
         """Step again in ``delay`` seconds (one timer: the earliest asked for)."""
-        now = time.monotonic()
-        when = now + max(delay, 0.0)
-        if self._due is not None and now < self._due <= when:
-            return
-        self._due = when
-        asyncio.get_running_loop().call_later(when - now, self._wake.set)
+        delay, now = max(delay, 0.0), time.monotonic()
+        if self._due is None or self._due <= now or now + delay < self._due:
+            self._due = now + delay
+            asyncio.get_running_loop().call_later(delay, self._wake.set)
 
     # -- what the shards report (shard.ShardOwner) --------------------------------------
 
     def shard_ready(self, shard: Shard) -> None:
-        self._backoff.pop(shard.address, None)
+        self._backoff.worked(shard.address)
         if self._lost:
             self._lost -= 1
             self.reconnects += 1
@@ -396,12 +381,14 @@ class ClusterListener(RedisListener):
             return
         if self._map is not None:
             await self._map.close()
-        tasks = list(self._tasks.values())
-        self._tasks.clear()
         self._shards.clear()
-        for task in tasks:
+        for shard in list(self._tasks):
+            await self._stop(shard)
+
+    async def _stop(self, shard: Shard) -> None:
+        task = self._tasks.pop(shard, None)
+        if task is not None:
             task.cancel()
-        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, *ERRORS):
                 await task
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 from redis import exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
+
+from .... import jitter
 
 SLOTS = 16384
 
@@ -145,3 +148,26 @@ class MapReader:
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.disconnect()
+
+
+class Backoff:
+    """When each node may be tried again: a node whose connection worked may be tried at
+    once, one that refuses waits ``low * 2**n`` seconds (n failures in a row, at most
+    ``high``, jittered by up to half)."""
+
+    def __init__(self, low: float, high: float) -> None:
+        self.low = low
+        self.high = high
+        self._nodes: dict[Address, tuple[int, float]] = {}
+
+    def failed(self, address: Address, *, had_connected: bool) -> None:
+        failures = 0 if had_connected else self._nodes.get(address, (0, 0.0))[0] + 1
+        delay = min(self.high, self.low * 2 ** min(failures, 16)) * jitter.uniform(0.5, 1.0)
+        self._nodes[address] = (failures, time.monotonic() + delay)
+
+    def worked(self, address: Address) -> None:
+        self._nodes.pop(address, None)
+
+    def wait(self, address: Address) -> float:
+        """Seconds before ``address`` may be tried (0: now)."""
+        return max(self._nodes.get(address, (0, 0.0))[1] - time.monotonic(), 0.0)
