@@ -13,6 +13,8 @@ The cluster's counterpart of ``bench/redis_publish_bench.py`` (one Redis) and
 - **redis-benchmark --cluster** (C, no pipelining, N connections spread over the masters):
   ``SPUBLISH`` and the durable script, to show what the cluster itself takes when the
   client is not the limit.
+- With ``--compare URL`` (one Redis), the same Python publishers on it, in the same run:
+  servers ``redis-raw`` and ``redis-durable``, as ``bench/curves.py`` names them.
 
 The cluster is ``--redis URL`` (any node), or, by default, one of the bench's own started
 in a temporary directory (3 masters, 3 replicas, tests/cluster.py's ``LocalCluster``).
@@ -219,6 +221,7 @@ def main() -> int:
     parser.add_argument("--counts", default=",".join(map(str, COUNTS)))
     parser.add_argument("--requests", type=int, default=100_000, help="per redis-benchmark run")
     parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
+    parser.add_argument("--compare", help="one Redis to measure the same way, for comparison")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     prefix = f"sserelay-bench-{uuid.uuid4().hex[:8]}:"
@@ -232,12 +235,22 @@ def main() -> int:
                         line = {"curve": "publish", "server": f"cluster-{kind}", "x": n}
                         lines.append({**line, "result": result})
                         emit(lines[-1], args.out)
+                        if args.compare:
+                            rpb.SHAPES[f"{n}, {n} channels"] = (n, n)
+                            one = rpb.run_case(
+                                args.compare, prefix, kind, f"{n}, {n} channels", args.seconds
+                            )
+                            line = {"curve": "publish", "server": f"redis-{kind}", "x": n}
+                            lines.append({**line, "result": one})
+                            emit(lines[-1], args.out)
             for n in counts:
                 for found in benchmark(url, prefix, n, args.requests):
                     lines.append({"curve": "publish", "x": n, **found})
                     emit(lines[-1], args.out)
         finally:
             cleanup(url, prefix)
+            if args.compare:
+                rpb.cleanup(args.compare, prefix)
     print(table(lines))
     failed = [x for x in lines if x["result"].get("verified") is False]
     return 1 if failed else 0

@@ -586,3 +586,41 @@ async def test_a_master_killed_while_publishing(tmp_path: Path) -> None:
                     await feed.close()
     finally:
         await asyncio.to_thread(local.stop)
+
+
+def documented(heading: str) -> str:
+    """The first Python snippet under ``heading`` in docs/redis.md."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "redis.md").read_text()
+    section = text[text.index(heading) :]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start : section.index("```", start)]
+
+
+def test_moving_streams_from_one_redis_as_documented(
+    local: LocalCluster, prefix: str, redis_url: str
+) -> None:
+    """docs/redis.md's snippet, run as written: the streams of one Redis copied to their
+    cluster names, ids and ``prev`` kept; the next publish on the cluster follows on."""
+    namespace: dict[str, Any] = {}
+    exec(documented("### Moving from one Redis to a cluster"), namespace)
+    channels = ["lobby", "a}b"]
+    try:
+        with RedisBus(redis_url, prefix=prefix) as bus:
+            for channel in channels:
+                for i in range(3):
+                    bus.publish(channel, f"{channel} {i}")
+        with redis.Redis.from_url(redis_url) as single:
+            before = {c: single.xrange(stream_key(prefix, c)) for c in channels}
+        assert namespace["move_streams"](redis_url, local.url, prefix) == len(channels)
+        with redis.RedisCluster.from_url(local.url) as client:
+            after = {c: client.xrange(CLUSTER.stream_key(prefix, c)) for c in channels}
+        assert after == before
+        with RedisBus(local.url, prefix=prefix) as bus:
+            following = bus.publish("lobby", "on the cluster")
+        with redis.RedisCluster.from_url(local.url) as client:
+            [(_, fields)] = client.xrange(CLUSTER.stream_key(prefix, "lobby"), following)
+        assert fields[b"p"] == before["lobby"][-1][0]
+    finally:
+        with redis.Redis.from_url(redis_url) as single:
+            for key in single.scan_iter(match=prefix + "*", count=500):
+                single.delete(key)
