@@ -13,8 +13,9 @@ The cluster's counterpart of ``bench/redis_publish_bench.py`` (one Redis) and
 - **redis-benchmark --cluster** (C, no pipelining, N connections spread over the masters):
   ``SPUBLISH`` and the durable script, to show what the cluster itself takes when the
   client is not the limit.
-- With ``--compare URL`` (one Redis), the same Python publishers on it, in the same run:
-  servers ``redis-raw`` and ``redis-durable``, as ``bench/curves.py`` names them.
+- With ``--compare URL`` (one Redis), the same measurements on it, in the same run:
+  servers ``redis-raw``, ``redis-durable`` and ``redis-benchmark`` (as ``bench/curves.py``
+  names them) and ``redis-benchmark-durable``.
 
 The cluster is ``--redis URL`` (any node), or, by default, one of the bench's own started
 in a temporary directory (3 masters, 3 replicas, tests/cluster.py's ``LocalCluster``).
@@ -49,6 +50,7 @@ import redis
 
 import redis_publish_bench as rpb
 from sserelay.bus.redis.cluster.layout import CLUSTER, CLUSTER_PUBLISH_LUA
+from sserelay.bus.redis.scripts import PUBLISH_LUA, durable_channel, stream_key
 
 BENCH = Path(__file__).resolve().parent
 COUNTS = (1, 2, 4, 8, 16)
@@ -129,53 +131,68 @@ def run_case(url: str, prefix: str, kind: str, n: int, seconds: float) -> dict[s
     }
 
 
-def benchmark(url: str, prefix: str, connections: int, requests: int) -> list[dict[str, Any]]:
-    """redis-benchmark --cluster: SPUBLISH, and the durable script, ``connections`` clients."""
+def benchmark(
+    url: str, prefix: str, connections: int, requests: int, *, clustered: bool = True
+) -> list[dict[str, Any]]:
+    """redis-benchmark (``--cluster`` on a cluster): a plain publish (``SPUBLISH`` on a
+    cluster, ``PUBLISH`` on one Redis) and the durable script, ``connections`` clients."""
     tool = shutil.which("redis-benchmark")
     if tool is None:
         return []
-    with redis.RedisCluster.from_url(url) as client:
-        sha = client.script_load(CLUSTER_PUBLISH_LUA)
-        node = client.get_default_node()
-        host, port = node.host, str(node.port)
     payload = json.dumps({"data": rpb.DATA})
-    # "{tag}" is redis-benchmark's: it becomes a tag of each master's, so every client
-    # publishes to the master it is connected to.
+    if clustered:
+        with redis.RedisCluster.from_url(url) as cluster:
+            sha = cluster.script_load(CLUSTER_PUBLISH_LUA)
+            node = cluster.get_default_node()
+            host, port = str(node.host), str(node.port)
+        # "{tag}" is redis-benchmark's: it becomes a tag of each master's, so every client
+        # publishes to the master it is connected to.
+        name, key = f"{prefix}bench{{tag}}", f"{prefix}sserelay:log:{{tag}}b"
+        notify = f"{prefix}sserelay.d.{{tag}}b"
+        server, command, flags = "cluster-benchmark", "SPUBLISH", ["--cluster"]
+    else:
+        with redis.Redis.from_url(url) as single:
+            sha = single.script_load(PUBLISH_LUA)
+            kwargs = single.connection_pool.connection_kwargs
+            host, port = str(kwargs.get("host", "127.0.0.1")), str(kwargs.get("port", 6379))
+        name, key = f"{prefix}bench", stream_key(prefix, "bench")
+        notify = durable_channel(prefix, "bench")
+        server, command, flags = "redis-benchmark", "PUBLISH", []
     commands = {
-        "cluster-benchmark": ["SPUBLISH", f"{prefix}bench{{tag}}", payload],
-        "cluster-benchmark-durable": [
-            *("EVALSHA", sha, "1", f"{prefix}sserelay:log:{{tag}}bench"),
-            *(f"{prefix}sserelay.d.{{tag}}bench", rpb.DATA, "", "0", "0", "7999"),
-        ],
+        server: [command, name, payload],
+        f"{server}-durable": ["EVALSHA", sha, "1", key, notify, rpb.DATA, "", "0", "0", "7999"],
     }
     found = []
-    for server, command in commands.items():
-        cmd = [tool, "--cluster", "-h", host, "-p", port, "-c", str(connections)]
-        cmd += ["-n", str(requests), "--csv", *command]
-        with redis.RedisCluster.from_url(url) as client:
-            cpu0, t0 = masters_cpu(client), time.monotonic()
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-            cpu = (masters_cpu(client) - cpu0) / (time.monotonic() - t0)
-        # Its CSV comes after a description of the cluster.
+    for label, args in commands.items():
+        cmd = [tool, *flags, "-h", host, "-p", port, "-c", str(connections)]
+        cmd += ["-n", str(requests), "--csv", *args]
+        cpu0, t0 = cpu_of(url, clustered), time.monotonic()
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+        cpu = (cpu_of(url, clustered) - cpu0) / (time.monotonic() - t0)
+        # The CSV (after a description of the cluster, with --cluster).
         rows = [x.split(",") for x in done.stdout.splitlines() if x.startswith('"')]
         if done.returncode != 0 or len(rows) < 2:
             print(f"!! {' '.join(cmd[:8])}: {done.stderr[-300:]}", file=sys.stderr)
             continue
         head, values = rows[0], rows[-1]
         row = dict(zip([h.strip('"') for h in head], [v.strip('"') for v in values], strict=False))
-        found.append(
-            {
-                "server": server,
-                "result": {
-                    "connections": connections,
-                    "events_per_s": round(float(row["rps"])),
-                    "p50_ms": float(row.get("p50_latency_ms", "nan")),
-                    "p99_ms": float(row.get("p99_latency_ms", "nan")),
-                    "redis_cpu": round(cpu, 2),
-                },
-            }
-        )
+        result = {
+            "connections": connections,
+            "events_per_s": round(float(row["rps"])),
+            "p50_ms": float(row.get("p50_latency_ms", "nan")),
+            "p99_ms": float(row.get("p99_latency_ms", "nan")),
+            "redis_cpu": round(cpu, 2),
+        }
+        found.append({"server": label, "result": result})
     return found
+
+
+def cpu_of(url: str, clustered: bool) -> float:
+    if clustered:
+        with redis.RedisCluster.from_url(url) as cluster:
+            return masters_cpu(cluster)
+    with redis.Redis.from_url(url) as single:
+        return rpb.redis_cpu(single)
 
 
 def cleanup(url: str, prefix: str) -> None:
@@ -244,8 +261,11 @@ def main() -> int:
                             lines.append({**line, "result": one})
                             emit(lines[-1], args.out)
             for n in counts:
-                for found in benchmark(url, prefix, n, args.requests):
-                    lines.append({"curve": "publish", "x": n, **found})
+                found = benchmark(url, prefix, n, args.requests)
+                if args.compare:
+                    found += benchmark(args.compare, prefix, n, args.requests, clustered=False)
+                for one in found:
+                    lines.append({"curve": "publish", "x": n, **one})
                     emit(lines[-1], args.out)
         finally:
             cleanup(url, prefix)
