@@ -125,6 +125,10 @@ class LocalCluster:
         args += ["--cluster-config-file", "nodes.conf"]
         args += ["--cluster-node-timeout", str(self.node_timeout)]
         args += ["--save", "", "--appendonly", "no", "--logfile", "redis.log"]
+        # Replicas sync at once (not after 5 s), and show in CLUSTER SLOTS within a second:
+        # Redis 7 lists a replica once its replication offset moved, which the master's
+        # pings do every repl-ping-replica-period (10 s by default) when nothing is written.
+        args += ["--repl-diskless-sync-delay", "0", "--repl-ping-replica-period", "1"]
         node.proc = subprocess.Popen(
             [REDIS_SERVER, *args],
             cwd=node.dir,
