@@ -49,6 +49,10 @@ def poll(check: Callable[[], bool], timeout: float, what: Callable[[], str]) -> 
         time.sleep(0.05)
 
 
+class PortTaken(AssertionError):
+    """A node could not listen: its port was taken between choosing it and starting."""
+
+
 @dataclass
 class Node:
     """One ``redis-server`` of the cluster."""
@@ -69,9 +73,14 @@ class Node:
     def client(self) -> redis.Redis:
         return redis.Redis(HOST, self.port, socket_timeout=5, socket_connect_timeout=5)
 
-    def log(self) -> str:
+    def log(self, since: int = 0) -> str:
+        """The end of its log (of what it logged past byte ``since``)."""
         path = self.dir / "redis.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+        return path.read_bytes()[since:].decode(errors="replace")[-4000:] if path.exists() else ""
+
+    def log_size(self) -> int:
+        path = self.dir / "redis.log"
+        return path.stat().st_size if path.exists() else 0
 
 
 class LocalCluster:
@@ -94,7 +103,14 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         for node in self.nodes:
-            self.start_node(node)
+            for attempt in range(5):
+                try:
+                    self.start_node(node)
+                    break
+                except PortTaken:  # someone took the free port meanwhile: another one
+                    if attempt == 4:
+                        raise
+                    node.port, node.bus_port = free_port(), free_port()
         addresses = [n.address for n in self.nodes]
         assert REDIS_CLI is not None
         created = subprocess.run(
@@ -120,6 +136,7 @@ class LocalCluster:
         """Start (or start again, after :meth:`kill`) one node, and wait until it answers."""
         assert REDIS_SERVER is not None
         assert node.proc is None or node.proc.poll() is not None
+        logged = node.log_size()
         args = ["--port", str(node.port), "--bind", HOST, "--dir", str(node.dir)]
         args += ["--cluster-enabled", "yes", "--cluster-port", str(node.bus_port)]
         args += ["--cluster-config-file", "nodes.conf"]
@@ -140,7 +157,10 @@ class LocalCluster:
         def answers() -> bool:
             assert node.proc is not None
             if node.proc.poll() is not None:
-                raise AssertionError(f"redis-server on {node.port} exited:\n{node.log()}")
+                text = node.log(logged)
+                if "Address already in use" in text:
+                    raise PortTaken(text)
+                raise AssertionError(f"redis-server on {node.port} exited:\n{text}")
             with contextlib.suppress(redis.RedisError), node.client() as client:
                 return bool(client.ping())
             return False

@@ -54,7 +54,7 @@ class ClusterListener(RedisListener):
         self.layout: Layout | None = None
         host, port = self._connection_kwargs.get("host"), self._connection_kwargs.get("port")
         self._seed: Address | None = (str(host), int(port)) if host and port else None
-        self._map: MapReader | None = None
+        self._map = MapReader(self._connect, self._seed or ("", 0), self.probe_timeout)
         self._shards: dict[Address, Shard] = {}
         self._tasks: dict[Shard, asyncio.Task[None]] = {}
         #: Wanted pub/sub names: their channel and whether it is the durable name.
@@ -62,8 +62,6 @@ class ClusterListener(RedisListener):
         #: Where each wanted name is placed, and the names waiting for a place.
         self._placed: dict[bytes, Shard] = {}
         self._unplaced: set[bytes] = set()
-        self._stale = False
-        self._refreshed_at = 0.0
         #: When each node may be tried again.
         self._backoff = Backoff(self.reconnect_min, self.reconnect_max)
         #: Shard connections lost and not replaced yet (for ``reconnects``).
@@ -100,11 +98,9 @@ class ClusterListener(RedisListener):
         if not self.layout.clustered:
             await super()._session()
             return
-        if self._map is None:
-            if self._seed is None:
-                raise ConfigError("a Redis Cluster must be reached over TCP, not a unix socket")
-            self.layout.check_prefix(self.prefix)
-            self._map = MapReader(self._connect, self._seed, self.probe_timeout)
+        if self._seed is None:
+            raise ConfigError("a Redis Cluster must be reached over TCP, not a unix socket")
+        self.layout.check_prefix(self.prefix)
         await self._refresh_slots()
         assert self._map.conn is not None
         self._conn = self._map.conn  # closed (with the shards) by _disconnect
@@ -133,13 +129,10 @@ class ClusterListener(RedisListener):
 
     @property
     def _slots(self) -> SlotMap | None:
-        return self._map.slots if self._map is not None else None
+        return self._map.slots
 
     async def _refresh_slots(self) -> None:
         """Read the slot map again (from any node that answers); move what moved."""
-        assert self._map is not None
-        self._refreshed_at = time.monotonic()
-        self._stale = False
         await self._map.read()
         self._move_misplaced()
 
@@ -151,8 +144,8 @@ class ClusterListener(RedisListener):
             return
         self._check_probes(time.monotonic())
         self._apply_changes()
-        if self._stale:
-            wait = self._refreshed_at + max(self.reconnect_min, 0.05) - time.monotonic()
+        if self._map.stale:
+            wait = self._map.due(max(self.reconnect_min, 0.05))
             if wait > 0:
                 self._wake_in(wait)
             else:
@@ -197,7 +190,7 @@ class ClusterListener(RedisListener):
         for name in list(self._unplaced):
             owner = self._slots.owner(slot_of(name))
             if owner is None:
-                self._stale = True  # the slot has no master right now: ask again later
+                self._map.doubt()  # the slot has no master right now: ask again later
                 self._wake_in(max(self.reconnect_min, 0.05))
                 continue
             shard = self._shard(owner)
@@ -273,7 +266,7 @@ class ClusterListener(RedisListener):
             )
         for name in names:
             self._unplace(name)
-        self._stale = True
+        self._map.doubt()
         self._wake.set()
 
     async def _close_idle(self) -> None:
@@ -330,7 +323,8 @@ class ClusterListener(RedisListener):
                 self._unplace(name)
         if moved is not None and self._slots is not None:
             self._slots.moved(*moved)
-        self._stale = True
+        # A node that let go of a slot knows who has it now: read the map from it.
+        self._map.doubt(shard.address if moved is None else None)
         self._wake.set()
 
     def shard_pong(self, shard: Shard, payload: bytes) -> None:
@@ -356,7 +350,6 @@ class ClusterListener(RedisListener):
     async def _ping_control(self) -> None:
         """The probe when no shard holds anything: the plain connection answers, or the map
         is read again (from another node if need be)."""
-        assert self._map is not None
         if not await self._map.ping():
             await self._refresh_slots()
 
@@ -379,8 +372,7 @@ class ClusterListener(RedisListener):
         if not self.clustered:
             await super()._close(conn)
             return
-        if self._map is not None:
-            await self._map.close()
+        await self._map.close()
         self._shards.clear()
         for shard in list(self._tasks):
             await self._stop(shard)

@@ -102,6 +102,10 @@ class Shard:
     async def run(self) -> None:
         """Connect, then read what the node sends until the connection fails (raises)."""
         await self.conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+        await self.conn.send_command("ROLE", check_health=False)
+        role = await self.conn.read_response()
+        if not role or role[0] != b"master":  # a replica would take the names: not here
+            raise redis_errors.ConnectionError(f"{self.name} is not a master (a stale map)")
         await self.conn.send_command("CLIENT", "ID", check_health=False)
         self.client_id = int(await self.conn.read_response())
         self.ready = True

@@ -84,16 +84,17 @@ def _unique(addresses: Iterable[Address]) -> list[Address]:
     return list(dict.fromkeys(addresses))
 
 
-def candidates(current: Address | None, known: Iterable[Address], seed: Address) -> list[Address]:
+def candidates(
+    current: Address | None, known: Iterable[Address | None], seed: Address
+) -> list[Address]:
     """Nodes to ask for the map, in order: the one in use, the known ones, the URL's."""
-    first = [current] if current is not None else []
-    return _unique([*first, *known, seed])
+    return _unique(a for a in [current, *known, seed] if a is not None)
 
 
 class MapReader:
     """The plain connection that reads the slot map: to the URL's node at first, then to
     the node in use or any node the last map named (masters, then replicas), whichever
-    answers within ``timeout`` seconds."""
+    answers within ``timeout`` seconds. It also keeps whether the map is in doubt."""
 
     def __init__(
         self,
@@ -107,12 +108,27 @@ class MapReader:
         self.slots: SlotMap | None = None
         self.conn: AbstractConnection | None = None
         self.at: Address | None = None
+        #: The map may be out of date; when it was last read; a node to read it from.
+        self.stale = False
+        self.read_at = 0.0
+        self._first: Address | None = None
+
+    def doubt(self, ask: Address | None = None) -> None:
+        """The map may be wrong (``ask``: a node that knows better, to read it from)."""
+        self.stale = True
+        self._first = ask or self._first
+
+    def due(self, gap: float) -> float:
+        """Seconds before the map may be read again (at most every ``gap`` seconds)."""
+        return max(self.read_at + gap - time.monotonic(), 0.0)
 
     async def read(self) -> SlotMap:
         """A new map; ConnectionError (naming every node tried) if no node answers."""
+        self.read_at, self.stale = time.monotonic(), False
+        first, self._first = self._first, None
         known = self.slots.nodes if self.slots is not None else []
         errors: list[str] = []
-        for address in candidates(self.at, known, self.seed):
+        for address in candidates(first or self.at, [self.at, *known], self.seed):
             try:
                 if self.conn is None or self.at != address:
                     await self.close()
