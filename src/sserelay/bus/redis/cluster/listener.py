@@ -36,7 +36,7 @@ from ....errors import ConfigError
 from ..listener import ERRORS, RedisListener
 from .layout import SINGLE, Layout, read_layout
 from .shard import Shard, State
-from .topology import Address, Backoff, MapReader, SlotMap, slot_of
+from .topology import Address, Backoff, MapReader, SlotMap, slot_of, spell
 
 log = logging.getLogger("sserelay.redis")
 
@@ -124,7 +124,7 @@ class ClusterListener(RedisListener):
         finally:
             await conn.disconnect()
         if layout.clustered:
-            log.info("Redis at %s is a cluster node: sharded pub/sub", self._seed)
+            log.info("Redis at %s is a cluster node: sharded pub/sub", spell(self._seed or ("", 0)))
         return layout
 
     @property
