@@ -25,8 +25,10 @@ import pytest
 import redis
 import redis.asyncio
 
+from cluster import MISSING, LocalCluster
 from sserelay import apublish_durable
 from sserelay.bus.postgres.log import prune
+from sserelay.bus.redis.cluster.layout import CLUSTER
 from sserelay.bus.redis.publish import RedisBus as RedisPublisher
 from sserelay.bus.redis.scripts import stream_key
 from sserelay.relay import Relay
@@ -100,15 +102,17 @@ def module_dsn(dsn: str) -> Iterator[str]:
         yield db
 
 
-# -- the bus: PostgreSQL or Redis ------------------------------------------------------------
+# -- the bus: PostgreSQL, Redis or a Redis Cluster -------------------------------------------
 #
 # Tests that take ``bus`` (live events) or ``durable_bus`` (durable channels) run once per
 # broker: the same behavioural suite, parametrised. A test marked ``postgres_only`` in such
 # a module is not collected for Redis. Redis is ``SSERELAY_TEST_REDIS`` (set by .ci/run);
-# without it the Redis cases are skipped. Every Redis bus has a key and channel prefix of
-# its own (pub/sub is global to the server), deleted after the test: never a FLUSH.
+# without it the Redis cases are skipped. The Redis Cluster is a private one (``cluster.py``:
+# 3 masters, 3 replicas), started once per session by the first test that needs it; without
+# redis-server the cluster cases are skipped. Every Redis bus has a key and channel prefix
+# of its own (pub/sub is global to the server), deleted after the test: never a FLUSH.
 
-BROKERS = ["postgres", "redis"]
+BROKERS = ["postgres", "redis", "cluster"]
 
 
 @pytest.fixture(scope="session")
@@ -123,6 +127,7 @@ class PostgresBus:
     """The PostgreSQL side of a parametrised test."""
 
     kind = "postgres"
+    cluster = False
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
@@ -178,6 +183,7 @@ class RedisBus:
     """The Redis side of a parametrised test: a prefix of its own on the test server."""
 
     kind = "redis"
+    cluster = False
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -249,6 +255,78 @@ class RedisBus:
                 client.delete(key)
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A Redis Cluster of the session's own (3 masters, 3 replicas), stopped at the end."""
+    if MISSING:
+        pytest.skip(MISSING)
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+class ClusterBus(RedisBus):
+    """The Redis Cluster side of a parametrised test: a prefix of its own on the session's
+    cluster. Its ``kind`` is what a relay on it reports (``/healthz`` says ``redis``)."""
+
+    cluster = True
+
+    def __init__(self, local: LocalCluster) -> None:
+        super().__init__(local.url)
+        self.local = local
+        #: Which shard connection the next kill_listener ends (they take turns).
+        self.kills = 0
+        # A cluster client reads the server's command table first (~0.3 s): one-shot
+        # publishes reuse synchronous ones (an async one would be tied to one test's loop).
+        self._sync = redis.RedisCluster.from_url(self.url)
+        self._publisher = RedisPublisher(self.url, prefix=self.prefix)
+
+    @contextlib.asynccontextmanager
+    async def client(self) -> AsyncIterator[Any]:
+        client = redis.asyncio.RedisCluster.from_url(self.url)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+    async def notify(self, channel: str, payload: str) -> None:
+        self._sync.spublish(self.prefix + channel, payload)
+
+    @contextlib.asynccontextmanager
+    async def notifier(self) -> AsyncIterator[Callable[[str, str], Awaitable[None]]]:
+        async def send(channel: str, payload: str) -> None:
+            self._sync.spublish(self.prefix + channel, payload)
+
+        yield send
+
+    async def publish(self, channel: str, data: Any, event: str | None = None) -> str:
+        return str(self._publisher.publish(channel, data, event=event))
+
+    async def kill_listener(self, relay: Relay) -> None:
+        """End one of the relay's shard connections (the next one, by node, each call)."""
+        shards = sorted(relay.listener.shard_ids().items())  # type: ignore[attr-defined]
+        assert shards, "the relay holds no shard connection"
+        node, client_id = shards[self.kills % len(shards)]
+        self.kills += 1
+        host, port = node.rsplit(":", 1)
+        async with redis.asyncio.Redis(host=host, port=int(port)) as client:
+            await client.execute_command("CLIENT", "KILL", "ID", client_id)
+
+    async def trim(self, channel: str, keep: int) -> None:
+        async with self.client() as client:
+            key = CLUSTER.stream_key(self.prefix, channel)
+            await client.xtrim(key, maxlen=keep, approximate=False)
+
+    def close(self) -> None:
+        """Delete every key of this bus, on every master."""
+        self._publisher.close()
+        with self._sync as client:
+            for key in client.scan_iter(match=self.prefix + "*", count=500):
+                client.delete(key)
+
+
 @pytest.fixture(scope="module", params=BROKERS)
 def bus(request: pytest.FixtureRequest) -> Iterator[Any]:
     """Live events on either broker (PostgreSQL: the ``dsn`` fixture, which a module may
@@ -263,8 +341,12 @@ def durable_bus(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 
 def _bus(request: pytest.FixtureRequest, pg_fixture: str) -> Iterator[Any]:
-    if request.param == "redis":
-        made = RedisBus(request.getfixturevalue("redis_url"))
+    if request.param in ("redis", "cluster"):
+        made = (
+            RedisBus(request.getfixturevalue("redis_url"))
+            if request.param == "redis"
+            else ClusterBus(request.getfixturevalue("redis_cluster"))
+        )
         try:
             yield made
         finally:
@@ -279,7 +361,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         params = getattr(item, "callspec", None)
         broker = params.params.get("bus", params.params.get("durable_bus")) if params else None
-        if broker == "redis" and item.get_closest_marker("postgres_only"):
+        if broker in ("redis", "cluster") and item.get_closest_marker("postgres_only"):
             drop.append(item)
         else:
             keep.append(item)

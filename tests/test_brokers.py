@@ -372,6 +372,11 @@ async def test_broker_outage_streams_wait_and_catch_up(durable_bus: Any) -> None
     once, in order, and a stream opened during the outage too."""
     from sserelay.testing import running_relay
 
+    if durable_bus.cluster:
+        pytest.skip(
+            "a proxy cannot stand between a relay and a Redis Cluster, whose nodes announce "
+            "their own addresses; test_redis_cluster.py kills a master instead"
+        )
     channel = name()
     async with Proxy(*target_of(durable_bus)) as proxy:
         dsn, settings = through(durable_bus, proxy.port)

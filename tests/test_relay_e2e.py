@@ -197,6 +197,13 @@ async def test_multi_channel_stream_by_query(relay: Relay, bus: Any, clients: li
     await bus.notify("green", "not subscribed")
     await bus.notify("blue", "b1")
     await bus.notify("red", "end")
+    if bus.cluster:
+        # Channels on different nodes of a cluster are not ordered with each other: wait
+        # for the end of each.
+        await bus.notify("blue", "end")
+        got = [*await events_until(client, "end"), *await events_until(client, "end")]
+        assert sorted(e.data for e in got) == ["b1", "r1"], client.seen
+        return
     got = await events_until(client, "end")
     # A channel asked for twice is one subscription: each event arrives once.
     assert [e.data for e in got] == ["r1", "b1"], client.seen

@@ -1,5 +1,6 @@
-"""The buses: PostgreSQL (``bus/postgres``) and Redis (``bus/redis``), each a listener, an
-event log, a publish path and (PostgreSQL) a schema, under the same file names.
+"""The buses: PostgreSQL (``bus/postgres``) and Redis (``bus/redis``, with Redis Cluster in
+``bus/redis/cluster``), each a listener, an event log, a publish path and (PostgreSQL) a
+schema, under the same file names.
 
 :func:`connect` builds the :class:`~sserelay.core.protocols.Bus` a relay's settings ask for.
 """
@@ -42,17 +43,18 @@ def connect(settings: Settings, dsn: str | None, sink: BusSink) -> Bus:
 
 
 def _redis(settings: Settings, sink: BusSink) -> Bus:
-    """Redis: pub/sub for the live events, one stream per durable channel."""
+    """Redis: pub/sub for the live events, one stream per durable channel; one Redis or a
+    Redis Cluster, whichever the URL reaches (the listener and the log ask it)."""
     try:
-        from .redis.listener import RedisListener
-        from .redis.log import RedisLog
+        from .redis.cluster.listener import ClusterListener
+        from .redis.cluster.log import ClusterLog
         from .redis.scripts import MAX_RAW_PAYLOAD_BYTES
     except ImportError as exc:
         raise ConfigError(
             f"the Redis bus needs the redis package: pip install 'sserelay[redis]' ({exc})"
         ) from None
     assert settings.redis_url is not None  # checked by Settings
-    listener = RedisListener(
+    listener = ClusterListener(
         settings.redis_url,
         sink,
         prefix=settings.redis_prefix,
@@ -61,7 +63,7 @@ def _redis(settings: Settings, sink: BusSink) -> Bus:
         reconnect_min=settings.reconnect_min,
         reconnect_max=settings.reconnect_max,
     )
-    log = RedisLog(
+    log = ClusterLog(
         settings.redis_url,
         prefix=settings.redis_prefix,
         retention_count=settings.retention_count,
@@ -69,6 +71,6 @@ def _redis(settings: Settings, sink: BusSink) -> Bus:
     )
 
     async def publish(message: Message, durable: bool | None = None) -> int | str | None:
-        return await log.bus.asend(message, durable)
+        return await log.publish(message, durable)
 
     return Bus("redis", listener, log, publish, MAX_RAW_PAYLOAD_BYTES)

@@ -74,10 +74,10 @@ async def listen(bus: Settings, channels: Sequence[str]) -> int:
     listener: Any
     if bus.bus == "redis":
         require_redis("listening on Redis")
-        from ..bus.redis.listener import RedisListener
+        from ..bus.redis.cluster.listener import ClusterListener  # one Redis or a cluster
 
         assert bus.redis_url is not None
-        listener = RedisListener(
+        listener = ClusterListener(
             bus.redis_url,
             _Printer(StreamEntryIds()),
             prefix=bus.redis_prefix,

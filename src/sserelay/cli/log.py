@@ -80,10 +80,10 @@ async def _prune_redis(
     bus: Settings, max_age: datetime.timedelta | None, max_count: int | None
 ) -> int:
     require_redis("pruning on Redis")
-    from ..bus.redis.log import RedisLog
+    from ..bus.redis.cluster.log import ClusterLog  # one Redis or a cluster
 
     assert bus.redis_url is not None
-    log_ = RedisLog(bus.redis_url, prefix=bus.redis_prefix)
+    log_ = ClusterLog(bus.redis_url, prefix=bus.redis_prefix)
     try:
         deleted = await log_.prune(max_age, max_count)
     finally:

@@ -7,6 +7,10 @@ and returns the stream entry id; ``durable=False`` is a plain ``PUBLISH`` of the
 JSON envelope. The stream numbers a channel's events itself, so an event with its own
 ``id`` or a ``retry`` needs ``durable=False``
 (:meth:`~sserelay.wire.message.Message.refuse_own_fields`).
+
+The URL may name any node of a Redis Cluster: the first publish asks the server
+(``INFO cluster``) and, on a cluster, publishes through a cluster client with the
+cluster's names and ``SPUBLISH`` (:mod:`sserelay.bus.redis.cluster.layout`).
 """
 
 from __future__ import annotations
@@ -15,17 +19,20 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from redis import exceptions as redis_errors
 
 from ...errors import ConfigError, InvalidEvent, PublishError
 from ...wire.message import Message
-from .scripts import (
-    LARGE_DATA_BYTES,
-    MAX_RAW_PAYLOAD_BYTES,
-    PUBLISH_LUA,
-    durable_channel,
-    stream_key,
+from .cluster.layout import (
+    CLUSTER,
+    CLUSTER_ERRORS,
+    SINGLE,
+    Layout,
+    acluster_client,
+    adetect,
 )
+from .cluster.layout import cluster_client as sync_cluster_client
+from .cluster.layout import detect as detect_layout
+from .scripts import LARGE_DATA_BYTES, MAX_RAW_PAYLOAD_BYTES
 
 BUS = "Redis PUBLISH"
 #: The log, as :meth:`~sserelay.wire.message.Message.refuse_own_fields` names it.
@@ -61,7 +68,8 @@ class RedisBus:
     ``prefix`` must match the relays' ``redis_prefix``. ``retention_count`` and
     ``retention_age`` (seconds) trim each durable channel's stream as it is published to
     (``MAXLEN ~`` / ``MINID ~``: approximate, so a little more may be kept). ``aclient``:
-    an async client to publish with (its owner closes it), instead of one of its own.
+    an async client to publish with (its owner closes it), instead of one of its own: a
+    ``redis.asyncio.RedisCluster`` publishes to a cluster, any other to one Redis.
     """
 
     def __init__(
@@ -71,63 +79,97 @@ class RedisBus:
         prefix: str = "",
         retention_count: int | None = None,
         retention_age: float | None = None,
-        aclient: redis.asyncio.Redis | None = None,
+        aclient: redis.asyncio.Redis | redis.asyncio.RedisCluster | None = None,
     ) -> None:
         self.url = url
         self.prefix = prefix
         self._trim = retention_args(retention_count, retention_age)
-        self._sync: redis.Redis | None = None
+        self._sync: redis.Redis | redis.RedisCluster | None = None
         self._sync_script: Any = None
-        self._async = aclient
+        self._async: redis.asyncio.Redis | redis.asyncio.RedisCluster | None = aclient
         self._owns_async = aclient is None
-        self._async_script: Any = None if aclient is None else aclient.register_script(PUBLISH_LUA)
+        #: One Redis or a cluster: known from ``aclient``, else asked on first use.
+        self._layout: Layout | None = None
+        self._async_script: Any = None
+        if aclient is not None:
+            self._layout = CLUSTER if isinstance(aclient, redis.asyncio.RedisCluster) else None
+            self._async_script = aclient.register_script(self._known().publish_lua)
+
+    def _known(self) -> Layout:
+        return self._layout or SINGLE
 
     # The clients are made on first use: a RedisBus can be built at import time.
 
-    def _client(self) -> tuple[redis.Redis, Any]:
+    def _client(self) -> tuple[redis.Redis | redis.RedisCluster, Any]:
         if self._sync is None:
-            self._sync = redis.Redis.from_url(self.url, socket_timeout=10)
-            self._sync_script = self._sync.register_script(PUBLISH_LUA)
+            single = redis.Redis.from_url(self.url, socket_timeout=10)
+            if self._layout is None:
+                self._layout = detect_layout(single)
+            client: redis.Redis | redis.RedisCluster = single
+            if self._layout.clustered:
+                single.close()
+                self._layout.check_prefix(self.prefix)
+                client = sync_cluster_client(self.url, socket_timeout=10)
+            self._sync = client
+            self._sync_script = client.register_script(self._layout.publish_lua)
         return self._sync, self._sync_script
 
-    def _aclient(self) -> tuple[redis.asyncio.Redis, Any]:
+    async def _aclient(self) -> tuple[redis.asyncio.Redis | redis.asyncio.RedisCluster, Any]:
         if self._async is None:
-            self._async = redis.asyncio.Redis.from_url(self.url, socket_timeout=10)
-            self._async_script = self._async.register_script(PUBLISH_LUA)
+            single = redis.asyncio.Redis.from_url(self.url, socket_timeout=10)
+            if self._layout is None:
+                self._layout = await adetect(single)
+            client: redis.asyncio.Redis | redis.asyncio.RedisCluster = single
+            if self._layout.clustered:
+                await single.aclose()
+                self._layout.check_prefix(self.prefix)
+                client = acluster_client(self.url, socket_timeout=10)
+            self._async = client
+            self._async_script = client.register_script(self._layout.publish_lua)
         return self._async, self._async_script
 
     def _script_args(self, message: Message) -> tuple[list[str], list[Any]]:
         channel, text, event = message.for_log()
         maxlen, max_age = self._trim
-        keys = [stream_key(self.prefix, channel)]
-        notify = durable_channel(self.prefix, channel)
+        layout = self._known()
+        keys = [layout.stream_key(self.prefix, channel)]
+        notify = layout.durable_channel(self.prefix, channel)
         return keys, [notify, text, event or "", maxlen, max_age, LARGE_DATA_BYTES]
+
+    def _raw(self, message: Message) -> tuple[str, str]:
+        """(pub/sub name, payload) of a plain publish (``SPUBLISH`` on a cluster)."""
+        payload = message.envelope(MAX_RAW_PAYLOAD_BYTES, BUS)
+        return self._known().raw_channel(self.prefix, message.channel), payload
 
     def send(self, message: Message, durable: bool | None = None) -> str | None:
         """Publish ``message``; its stream entry id if durable, else None."""
-        client, script = self._client()
         try:
+            client, script = self._client()
             if not _durable(durable, message):
-                payload = message.envelope(MAX_RAW_PAYLOAD_BYTES, BUS)
-                client.publish(self.prefix + message.channel, payload)
+                if self._known().clustered:
+                    client.spublish(*self._raw(message))
+                else:
+                    client.publish(*self._raw(message))
                 return None
             keys, args = self._script_args(message)
             new_id, _ = script(keys=keys, args=args)
-        except redis_errors.RedisError as exc:
+        except CLUSTER_ERRORS as exc:
             raise PublishError(f"publishing on {message.channel!r} failed: {exc}") from exc
         return str(new_id.decode())
 
     async def asend(self, message: Message, durable: bool | None = None) -> str | None:
         """The async twin of :meth:`send`."""
-        client, script = self._aclient()
         try:
+            client, script = await self._aclient()
             if not _durable(durable, message):
-                payload = message.envelope(MAX_RAW_PAYLOAD_BYTES, BUS)
-                await client.publish(self.prefix + message.channel, payload)
+                if self._known().clustered:
+                    await client.spublish(*self._raw(message))
+                else:
+                    await client.publish(*self._raw(message))
                 return None
             keys, args = self._script_args(message)
             new_id, _ = await script(keys=keys, args=args)
-        except redis_errors.RedisError as exc:
+        except CLUSTER_ERRORS as exc:
             raise PublishError(f"publishing on {message.channel!r} failed: {exc}") from exc
         return str(new_id.decode())
 
