@@ -70,9 +70,23 @@ async def test_three_relays_every_event_reaches_every_client_once(
                     # A two-channel stream's ids are composite; the raw events carry none.
                     got = [(i if i is None else i.split(".")[0], d) for i, d in got]
                     want = published
+                    if getattr(durable_bus, "cluster", False):
+                        # On a cluster, channels on different masters are not ordered with
+                        # each other (docs/redis.md): each channel's events are, and none is
+                        # lost or repeated.
+                        got = _per_channel(got)
+                        want = _per_channel(want)
                 else:
                     want = durable_only
                 assert got == want, f"client {index} on relay {index % RELAYS}"
         finally:
             for feed in feeds:
                 await feed.close()
+
+
+def _per_channel(events: list[tuple[str | None, str]]) -> tuple[list[tuple[str | None, str]], ...]:
+    """The durable and the raw events, each in the order they arrived."""
+    return (
+        [e for e in events if e[0] is not None],
+        [e for e in events if e[0] is None],
+    )
