@@ -60,8 +60,8 @@ def test_htmx_recipe(django_dsn: str, unpkg: Unpkg, tmp_path: Path, version: int
     port = free_port()
     args = [sys.executable, "-m", "uvicorn", "chatsite.asgi:application", "--port", str(port)]
     args += ["--timeout-graceful-shutdown", "2", "--no-access-log"]
+    page = Page(*chromium(), *unpkg.chromium_args)  # first: no server left behind without one
     site = Server(args, site_env(django_dsn), port, tmp_path / "uvicorn.log").start()
-    page = Page(*chromium(), *unpkg.chromium_args)
     room = f"h{version}-{uuid.uuid4().hex[:6]}"
     try:
         site.wait_listening()
