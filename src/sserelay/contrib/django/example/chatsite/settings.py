@@ -89,7 +89,9 @@ SSERELAY = {
     # Shared with the relay (SSERELAY_JWT_SECRET): rooms are private, each page gets a
     # token for its room.
     "JWT_SECRET": os.environ.get("SSERELAY_JWT_SECRET") or None,
-    "TOKEN_TTL": 3600,
+    # Seconds; the page's client (sserelay.js) asks the room's token URL for a new one
+    # before it expires.
+    "TOKEN_TTL": int(os.environ.get("CHAT_TOKEN_TTL", "3600")),
     "RETRY_MS": int(os.environ.get("SSERELAY_RETRY_MS", "2000")),
     "HEARTBEAT": float(os.environ.get("SSERELAY_HEARTBEAT", "15")),
     "MAX_STREAMS_PER_CLIENT": int(os.environ.get("SSERELAY_MAX_STREAMS_PER_CLIENT", "256")),
