@@ -23,36 +23,16 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 from chromium_page import Page
-from django_helpers import SECRET, Server, asgi_server, chat_env, free_port
+from django_helpers import SECRET, asgi_server, free_port, relay_server, wsgi_site
 
 from browser import RecordingProxy, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(300)]
-
-
-def relay_server(db: str, port: int, site_port: int, log: Path, **extra: str) -> Server:
-    env = chat_env(
-        db,
-        SSERELAY_JWT_SECRET=SECRET,
-        ALLOWED_ORIGINS=f"http://127.0.0.1:{site_port}",
-        SSERELAY_RETRY_MS="300",
-        **extra,
-    )
-    args = [sys.executable, "-m", "sserelay", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    return Server(args, env, port, log)
-
-
-def wsgi_site(db: str, port: int, relay_port: int, log: Path, **extra: str) -> Server:
-    stream_url = f"http://127.0.0.1:{relay_port}"
-    env = chat_env(db, SSERELAY_JWT_SECRET=SECRET, CHAT_STREAM_URL=stream_url, **extra)
-    args = [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"]
-    return Server(args, env, port, log)
 
 
 def conversation(first: Page, second: Page, base: str, room: str) -> None:
