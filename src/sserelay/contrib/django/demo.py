@@ -98,8 +98,10 @@ def _commands(
         commands.append((runserver, django_env))
         how = f"Django (WSGI) serves the pages, `sserelay serve` the streams on :{relay_port}"
     if capture:
-        how += ";\n  change data capture publishes the messages, whoever inserts them:\n  "
-        how += f'psql {_shown(env["DATABASE_URL"])} -c "{INSERT}"'
+        how += ";\n  change data capture publishes the messages, whoever inserts them:\n\n"
+        how += f'  psql {_shown(env["DATABASE_URL"])} -c "{INSERT}"\n'
+    else:
+        how += "."
     return commands, how
 
 
@@ -168,7 +170,7 @@ def run_demo(
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         _wait_port(port, procs)
-        print(f"\nsserelay demo: the chat is at {url}\n  {how}.\n  Ctrl-C stops.", flush=True)
+        print(f"\nsserelay demo: the chat is at {url}\n  {how}\n  Ctrl-C stops.", flush=True)
         while not stopping and all(p.poll() is None for p in procs):
             time.sleep(0.2)
     finally:
