@@ -6,11 +6,14 @@ The views publish nothing: a message posted from the page reaches it through the
 replication stream, and so does a row INSERTed with plain SQL (psycopg, as ``psql`` would),
 each exactly once. Runs on the session's private PostgreSQL with ``wal_level = logical``
 (tests/pgcluster.py), in a database of the test's own, migrated by the example's
-``manage.py`` as its README says.
+``manage.py`` as its README says. And ``sserelay demo --capture`` in both modes: the
+``psql`` line it prints, run in a shell, shows in the open page.
 """
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
 import uuid
@@ -31,6 +34,8 @@ from django_helpers import (
     relay_server,
     wsgi_site,
 )
+
+from browser import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -113,3 +118,41 @@ def test_a_row_inserted_with_sql_appears_in_the_page(
         ).fetchall()
     # Capture published all three; the views published nothing of their own.
     assert [e for (e,) in events] == ["message.insert"] * 3
+
+
+@pytest.mark.parametrize("mode", ["wsgi", "asgi"])
+def test_demo_capture_and_its_psql_line(
+    mode: str, chat_db: str, page: Page, tmp_path: Path
+) -> None:
+    """``sserelay demo --capture``: the ``psql`` line it prints, pasted into a shell,
+    shows in an open page."""
+    port, relay_port = free_port(), free_port()
+    args = [sys.executable, "-m", "sserelay", "demo", "--capture", "--mode", mode]
+    args += ["--port", str(port), "--relay-port", str(relay_port), "--dsn", chat_db]
+    log = tmp_path / "demo.log"
+    with log.open("wb") as out:
+        demo = subprocess.Popen(args, env=chat_env(chat_db), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        found = wait_for(
+            lambda: (
+                demo.poll() is None
+                and re.search(r"^  (psql .*)$", log.read_text(errors="replace"), re.M)
+            ),
+            "the demo prints its psql line",
+            timeout=120,
+        )
+        page.enter(f"http://127.0.0.1:{port}", "ann", "lobby")
+        subprocess.run(["bash", "-c", found.group(1)], check=True, timeout=60)
+        page.wait(lambda: page.texts() == ["hi"], "the row the psql line inserted")
+        page.say("after")
+        page.wait(lambda: page.texts() == ["hi", "after"], "each message once")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\ndemo:\n{log.read_text(errors='replace')[-6000:]}") from None
+    finally:
+        demo.send_signal(signal.SIGINT)  # Ctrl-C, as it says
+        try:
+            status = demo.wait(30)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            status = demo.wait()
+    assert status == 0, log.read_text(errors="replace")[-6000:]

@@ -123,6 +123,23 @@ def _install_capture(python: str, chat: Path, env: dict[str, str]) -> None:
         )
 
 
+def _environment(dsn: str, chat: Path, *, capture: bool) -> dict[str, str]:
+    """The example's environment: this one, with the database, a token secret (one drawn
+    now unless given), and the capture switch as ``--capture`` says."""
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=dsn,
+        DJANGO_SETTINGS_MODULE="chatsite.settings",
+        SSERELAY_JWT_SECRET=env.get("SSERELAY_JWT_SECRET") or secrets.token_urlsafe(32),
+        PYTHONPATH=os.pathsep.join(p for p in (str(chat), env.get("PYTHONPATH")) if p),
+    )
+    env.pop("CHAT_STREAM_URL", None)
+    env.pop("CHAT_CAPTURE", None)
+    if capture:
+        env["CHAT_CAPTURE"] = "1"
+    return env
+
+
 def run_demo(
     dsn: str,
     *,
@@ -139,17 +156,7 @@ def run_demo(
     if mode == "asgi":
         _require("uvicorn", "pip install 'sserelay[demo]'")
     chat = find_example(example)
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=dsn,
-        DJANGO_SETTINGS_MODULE="chatsite.settings",
-        SSERELAY_JWT_SECRET=env.get("SSERELAY_JWT_SECRET") or secrets.token_urlsafe(32),
-        PYTHONPATH=os.pathsep.join(p for p in (str(chat), env.get("PYTHONPATH")) if p),
-    )
-    env.pop("CHAT_STREAM_URL", None)
-    env.pop("CHAT_CAPTURE", None)
-    if capture:
-        env["CHAT_CAPTURE"] = "1"
+    env = _environment(dsn, chat, capture=capture)
     python = sys.executable
     subprocess.run(
         [python, "manage.py", "migrate", "--verbosity", "0"], cwd=chat, env=env, check=True
