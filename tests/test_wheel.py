@@ -235,9 +235,17 @@ async def test_demo_runs_from_the_wheel(demo: tuple[subprocess.Popen[str], str])
         assert entered.status_code == 302, entered.text
         page = await browser.get(f"/room/{room}/")
         assert page.status_code == 200, page.text
-        stream = re.search(r'data-stream="([^"]+)"', page.text)
-        assert stream, page.text
-        path = stream.group(1).replace("&amp;", "&")
+        # What the page's client (sserelay.js) asks for: the room's channel from where the
+        # page was rendered, with a token from the room's token URL.
+        found = re.search(
+            r'data-relay="([^"]*)" data-channel="([^"]+)" data-last-id="(\d+)" '
+            r'data-token="([^"]+)"',
+            page.text,
+        )
+        assert found, page.text
+        relay, channel, last_id, token_url = found.groups()
+        token = (await browser.get(token_url)).json()["token"]
+        path = f"{relay}/events/{channel}?lastEventId={last_id}&token={token}"
         host, port = httpx.URL(url).host, httpx.URL(url).port
         assert port is not None
         clients = [await SseClient.open(host, port, path) for _ in range(2)]

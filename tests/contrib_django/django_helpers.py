@@ -104,3 +104,27 @@ def asgi_server(db: str, log: Path, **env: str) -> Server:
         "--no-access-log",
     ]
     return Server(args, chat_env(db, **env), port, log)
+
+
+def relay_server(
+    db: str, port: int, site_port: int, log: Path, *options: str, **extra: str
+) -> Server:
+    """``sserelay serve`` for the chat's WSGI site on ``site_port`` (``options``: more flags,
+    e.g. ``--capture``)."""
+    env = chat_env(
+        db,
+        SSERELAY_JWT_SECRET=SECRET,
+        ALLOWED_ORIGINS=f"http://127.0.0.1:{site_port}",
+        SSERELAY_RETRY_MS="300",
+        **extra,
+    )
+    args = [sys.executable, "-m", "sserelay", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    return Server([*args, *options], env, port, log)
+
+
+def wsgi_site(db: str, port: int, relay_port: int, log: Path, **extra: str) -> Server:
+    """The chat under Django's WSGI server, its streams from the relay on ``relay_port``."""
+    stream_url = f"http://127.0.0.1:{relay_port}"
+    env = chat_env(db, SSERELAY_JWT_SECRET=SECRET, CHAT_STREAM_URL=stream_url, **extra)
+    args = [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"]
+    return Server(args, env, port, log)

@@ -5,6 +5,7 @@ in headless Chromium: what happens to a post across server restarts, and to a ba
   the page's name cookie stays valid and a post after the restart appears.
 - When a post cannot be sent (the server is down; its key changed, so the page's name is
   void) the page says why and keeps the text; nothing is lost silently.
+- With tokens, a page whose name is void gets no token for its stream, and says why.
 - The room field's pattern compiles in the browser (it is a ``v``-flag regular expression
   there) and refuses a bad name; one that gets past it is answered with the form and why.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from chromium_page import Page
-from django_helpers import Server, chat_env, free_port
+from django_helpers import SECRET, Server, chat_env, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -109,5 +110,30 @@ def test_the_room_field_and_a_bad_room(django_dsn: str, page: Page, tmp_path: Pa
         assert "a-z, 0-9 and -" in (page.error() or "")
         assert page.field("room") == "bad room"
         assert page.field("user") == "carol"
+    finally:
+        site.stop()
+
+
+def test_a_page_whose_name_is_void_gets_no_token(
+    django_dsn: str, page: Page, tmp_path: Path
+) -> None:
+    """With tokens, the room's token URL answers only a page with a valid name: after a key
+    change the page's client gets a 403 with the reason, which the page shows, and it does
+    not go live."""
+    site = by_hand(
+        django_dsn, tmp_path, DJANGO_SECRET_KEY="the first key", SSERELAY_JWT_SECRET=SECRET
+    ).start()
+    notice = "const n = document.getElementById('notice'); return n.hidden ? null : n.textContent"
+    try:
+        site.wait_listening()
+        page.enter(site.url, "dan", f"r{uuid.uuid4().hex[:8]}")
+        assert page.driver.execute_script(notice) is None
+        site.stop(signal.SIGTERM)
+        page.wait(lambda: page.status() == "reconnecting", "the page sees the server go")
+        site.env["DJANGO_SECRET_KEY"] = "another key"
+        site.start().wait_listening()
+        shown = page.wait(lambda: page.driver.execute_script(notice), "the page says why")
+        assert "no longer valid" in shown
+        assert page.status() == "reconnecting"
     finally:
         site.stop()

@@ -8,8 +8,12 @@ deployments:
 
 Both: two pages in one room; a message typed in one appears in the other; after the
 outage each browser reconnects by itself and shows the missed messages once each, in
-order. Needs Debian's ``chromium`` and ``chromium-driver``; skipped (with the reason)
-when they are missing, except in CI (``CI=true``), where that is a failure.
+order. And the page streams with sserelay.js, not EventSource: through a recording proxy
+in front of the relay, every stream request carries its token in a header and its position
+in ``Last-Event-ID``; tokens of a few seconds are renewed with no reload; a relay killed twice
+is resumed from the log, and a backlog past ``max_replay`` (``missed``) is fetched again.
+Needs Debian's ``chromium`` and ``chromium-driver``; skipped (with the reason) when they
+are missing, except in CI (``CI=true``), where that is a failure.
 
 ``SSERELAY_SCREENSHOT_DIR=docs/img`` saves ``chat.png`` (the wsgi run) there.
 """
@@ -17,33 +21,18 @@ when they are missing, except in CI (``CI=true``), where that is a failure.
 from __future__ import annotations
 
 import os
+import re
 import signal
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 from chromium_page import Page
-from django_helpers import SECRET, Server, asgi_server, chat_env, free_port
+from django_helpers import SECRET, asgi_server, free_port, relay_server, wsgi_site
+
+from browser import RecordingProxy, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(300)]
-
-
-def relay_server(db: str, port: int, site_port: int, log: Path) -> Server:
-    env = chat_env(
-        db,
-        SSERELAY_JWT_SECRET=SECRET,
-        ALLOWED_ORIGINS=f"http://127.0.0.1:{site_port}",
-        SSERELAY_RETRY_MS="300",
-    )
-    args = [sys.executable, "-m", "sserelay", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    return Server(args, env, port, log)
-
-
-def wsgi_site(db: str, port: int, relay_port: int, log: Path) -> Server:
-    env = chat_env(db, SSERELAY_JWT_SECRET=SECRET, CHAT_STREAM_URL=f"http://127.0.0.1:{relay_port}")
-    args = [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"]
-    return Server(args, env, port, log)
 
 
 def conversation(first: Page, second: Page, base: str, room: str) -> None:
@@ -118,3 +107,68 @@ def test_chat_asgi_in_process(django_dsn: str, pages: tuple[Page, Page], tmp_pat
         catch_up(pages, ["hello from ann", "hi ann", *missed])
     finally:
         site.stop()
+
+
+def test_the_page_streams_with_the_client(django_dsn: str, page: Page, tmp_path: Path) -> None:
+    from chat.models import Message
+
+    site_port, relay_port = free_port(), free_port()
+    # max_replay 2: two messages missed are replayed, three are a `missed` event.
+    relay = relay_server(
+        django_dsn, relay_port, site_port, tmp_path / "relay.log", SSERELAY_MAX_REPLAY="2"
+    ).start()
+    proxy = RecordingProxy(relay_port)
+    # Tokens of 4 s: the client asks the room's token URL for a new one every ~3 s.
+    site = wsgi_site(django_dsn, site_port, proxy.port, tmp_path / "site.log", CHAT_TOKEN_TTL="4")
+    site.start()
+
+    def streams() -> list[str]:
+        return [r for r in proxy.requests() if r.startswith("GET /events/")]
+
+    try:
+        relay.wait_listening()
+        site.wait_listening()
+        room = f"c{uuid.uuid4().hex[:8]}"
+        page.enter(site.url, "ann", room)
+        page.driver.execute_script("window.notReloaded = true")
+        expected: list[str] = []
+        for i in range(3):
+            page.say(f"live {i}")
+            expected.append(f"live {i}")
+            page.wait(lambda: page.texts() == expected, f"message {i} once")
+        # Two token renewals, each a new stream resuming where the last one was.
+        wait_for(lambda: len(streams()) >= 3, "two streams with renewed tokens", timeout=60)
+
+        for missed in (["while down 1", "while down 2"], ["gone 1", "gone 2", "gone 3"]):
+            relay.stop(signal.SIGKILL)
+            page.wait(lambda: page.status() == "reconnecting", "the page sees the outage")
+            for text in missed:
+                Message.objects.create(room=room, user="bob", text=text)
+            expected += missed
+            relay.start().wait_listening()
+            page.wait(lambda: page.status() == "live", "the page reconnects by itself")
+            page.wait(
+                lambda shown=list(expected): page.texts() == shown,
+                "the missed messages, once, in order",
+            )
+        page.say("after")
+        expected.append("after")
+        page.wait(lambda: page.texts() == expected, "a message after the outages")
+
+        assert page.driver.execute_script("return window.notReloaded") is True
+        assert page.error() is None
+        heads = streams()
+        assert len(heads) >= 5, heads
+        for head in proxy.requests():
+            assert "token=" not in head.split("\r\n")[0], head
+        for head in heads:
+            assert re.search(r"\r\nauthorization: bearer \S+\r\n", head, re.I), head
+            assert re.search(r"\r\nlast-event-id: \d+\r\n", head, re.I), head
+        # `missed` (three events past max_replay 2): the page fetched the room again.
+        log = site.log_path.read_text(errors="replace")
+        gets = re.findall(rf'"GET /room/{room}/ HTTP/1.1" 200', log)
+        assert len(gets) == 2, log[-6000:]
+    finally:
+        site.stop()
+        proxy.close()
+        relay.stop()

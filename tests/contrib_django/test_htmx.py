@@ -1,6 +1,7 @@
-"""docs/django.md's htmx recipes in headless Chromium: htmx 2 with ``htmx-ext-sse``
-(EventSource) and htmx 4 with its own ``hx-sse`` (fetch), the versions the guide pins,
-loaded from the URLs it shows (:mod:`cdn`).
+"""docs/django.md's recipes that do without sserelay.js, in headless Chromium: htmx 2 with
+``htmx-ext-sse`` (EventSource) and htmx 4 with its own ``hx-sse`` (fetch), the versions
+the guide pins, loaded from the URLs it shows (:mod:`cdn`); and the plain ``EventSource``
+page (the chat example itself uses the client).
 
 The site is the chat example plus ``htmx_site``: a page per recipe (its template holds the
 guide's lines) and the recipes' publishers (``htmx_site/apps.py``, the guide's lines). A
@@ -89,3 +90,44 @@ def test_htmx_recipe(django_dsn: str, unpkg: Unpkg, tmp_path: Path, version: int
         site.stop()
     pinned = {f"/htmx.org@{'2.0.11' if version == 2 else '4.0.1'}/dist/htmx.min.js"}
     assert pinned <= set(unpkg.requests), unpkg.requests
+
+
+def test_plain_eventsource_recipe(django_dsn: str, tmp_path: Path) -> None:
+    port = free_port()
+    args = [sys.executable, "-m", "uvicorn", "chatsite.asgi:application", "--port", str(port)]
+    args += ["--timeout-graceful-shutdown", "2", "--no-access-log"]
+    site = Server(args, site_env(django_dsn), port, tmp_path / "uvicorn.log").start()
+    page = Page(*chromium())
+    room = f"es-{uuid.uuid4().hex[:6]}"
+
+    def items() -> list[str]:
+        found = page.driver.execute_script(
+            "return Array.from(document.querySelectorAll('#messages li'), (e) => e.textContent)"
+        )
+        return list(found)
+
+    try:
+        site.wait_listening()
+        save(django_dsn, room, "rendered with the page")
+        page.driver.get(f"{site.url}/eventsource/{room}/")
+        page.wait(lambda: items() == ["carol: rendered with the page"], "the page")
+        page.wait(lambda: page.driver.execute_script("return source.readyState") == 1, "the stream")
+        save(django_dsn, room, "live")
+        page.wait(lambda: items()[-1:] == ["carol: live"], "a message added live")
+
+        site.stop(signal.SIGKILL)
+        missed = ["while the site", "was down"]
+        for text in missed:
+            save(django_dsn, room, text)
+        site.start().wait_listening()
+        expected = [f"carol: {t}" for t in ["rendered with the page", "live", *missed]]
+        page.wait(lambda: items() == expected, "the missed messages", RECONNECT)
+
+        save(django_dsn, room, "after")
+        page.wait(lambda: items() == [*expected, "carol: after"], "live again, nothing twice")
+        assert not [m for m in page.console() if "Uncaught" in m], page.console()
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nsite log:\n{site.log()}") from None
+    finally:
+        page.quit()
+        site.stop()

@@ -36,6 +36,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="run a copy of the chat example from this directory (default: the one "
         "installed with sserelay, sserelay/contrib/django/example)",
     )
+    p.add_argument(
+        "--capture",
+        action="store_true",
+        help="publish the chat's messages by change data capture (CHAT_CAPTURE=1), so rows "
+        "inserted by psql appear too; needs wal_level = logical (the embedded PostgreSQL "
+        "has it)",
+    )
     add_bus_options(p, redis=False)
     p.set_defaults(func=run)
 
@@ -55,4 +62,5 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         relay_port=args.relay_port,
         example=args.example,
+        capture=args.capture,
     )

@@ -12,3 +12,12 @@ def room(request: HttpRequest, version: int, room: str) -> HttpResponse:
     messages = Message.objects.filter(room=room).order_by("id")
     context = {"room": room, "channel": channel, "last_id": last_id, "messages": messages}
     return render(request, f"htmx{version}.html", context)
+
+
+def eventsource(request: HttpRequest, room: str) -> HttpResponse:
+    """A room with docs/django.md's plain-EventSource page (no sserelay.js)."""
+    channel = f"chat-{room}"
+    last_id = last_event_id(channel)
+    messages = Message.objects.filter(room=room).order_by("id")
+    context = {"room": room, "channel": channel, "last_id": last_id, "messages": messages}
+    return render(request, "eventsource.html", context)

@@ -4,7 +4,7 @@ from django.db import models
 
 
 class Message(models.Model):
-    """One chat message. Saving one publishes it (see apps.py)."""
+    """One chat message. Saving one publishes it (see apps.py), or capture does."""
 
     room = models.CharField(max_length=40, db_index=True)
     user = models.CharField(max_length=40)

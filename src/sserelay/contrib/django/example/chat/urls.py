@@ -1,4 +1,4 @@
-"""The chat's URLs: the index and the rooms."""
+"""The chat's URLs: the index, the rooms, and their tokens."""
 
 from django.urls import path
 
@@ -7,4 +7,5 @@ from . import views
 urlpatterns = [
     path("", views.index, name="index"),
     path("room/<slug:room>/", views.room, name="room"),
+    path("room/<slug:room>/token", views.room_token, name="room-token"),
 ]

@@ -1,14 +1,15 @@
-"""The chat's pages: pick a name and a room; a room (its messages, a form, the stream)."""
+"""The chat's pages: pick a name and a room; a room (its messages, a form, the stream);
+and the room's tokens, which the page's client (sserelay.js) asks for before it connects."""
 
 import re
 
 from django.core.signing import BadSignature
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 
-from sserelay.contrib.django import last_event_id
+from sserelay.contrib.django import conf, last_event_id, token_for
 
 from .apps import room_channel
 from .models import Message
@@ -76,5 +77,22 @@ def room(request: HttpRequest, room: str) -> HttpResponse:
         "messages": messages,
         "channel": channel,
         "last_id": last_id,
+        "tokens": _tokens(),
     }
     return render(request, "chat/room.html", context)
+
+
+def _tokens() -> bool:
+    """Do streams need a token (a key is configured)? Else they are open."""
+    return conf.get("JWT_SECRET") is not None or conf.get("JWT_PRIVATE_KEY") is not None
+
+
+def room_token(request: HttpRequest, room: str) -> HttpResponse:
+    """``{"token": ...}``: a token for the room's channel, for a signed-in page only. The
+    page's client fetches one before every connection and before the last one expires, so
+    a page outlives its first token and never puts one in a URL."""
+    if _username(request) is None:
+        return HttpResponseForbidden(NOT_SIGNED_IN, content_type="text/plain")
+    response = JsonResponse({"token": token_for(None, [room_channel(room)])})
+    response["Cache-Control"] = "no-store"
+    return response

@@ -5,6 +5,13 @@ environment, so one project runs both ways:
   listens), and the relay runs with the same ``SSERELAY_JWT_SECRET``;
 - ASGI: no ``CHAT_STREAM_URL``; uvicorn serves the streams from Django itself.
 
+``CHAT_CAPTURE=1`` switches publishing to change data capture: the views publish
+nothing, and every row inserted into ``chat_message`` (by the site, ``psql`` or anything
+else) reaches the room's channel from PostgreSQL's logical replication stream. It needs
+``wal_level = logical``, ``manage.py sserelay_capture`` after ``migrate``, and a capturer:
+``sserelay serve --capture`` (WSGI) or ``manage.py sserelay_capture --run`` (ASGI). See
+the example's README.
+
 ``DJANGO_SECRET_KEY`` signs the username cookie. Without it the example keeps a key of its
 own in a file (``CHAT_SECRET_KEY_FILE``, by default ``chat-secret-key`` in sserelay's data
 directory, next to the embedded database), created on first run: a key drawn anew at each
@@ -89,11 +96,27 @@ SSERELAY = {
     # Shared with the relay (SSERELAY_JWT_SECRET): rooms are private, each page gets a
     # token for its room.
     "JWT_SECRET": os.environ.get("SSERELAY_JWT_SECRET") or None,
-    "TOKEN_TTL": 3600,
+    # Seconds; the page's client (sserelay.js) asks the room's token URL for a new one
+    # before it expires.
+    "TOKEN_TTL": int(os.environ.get("CHAT_TOKEN_TTL", "3600")),
     "RETRY_MS": int(os.environ.get("SSERELAY_RETRY_MS", "2000")),
     "HEARTBEAT": float(os.environ.get("SSERELAY_HEARTBEAT", "15")),
     "MAX_STREAMS_PER_CLIENT": int(os.environ.get("SSERELAY_MAX_STREAMS_PER_CLIENT", "256")),
 }
+
+# Change data capture instead of publish_changes (chat/apps.py): the room's channel, the
+# fields of Message.as_event(), inserts only (the page shows new messages), named
+# message.insert with the row under "new" (room.html reads both shapes).
+CAPTURE = os.environ.get("CHAT_CAPTURE", "").lower() in {"1", "true", "yes", "on"}
+if CAPTURE:
+    SSERELAY["CAPTURE"] = {
+        "chat.Message": {
+            "channel": "chat-{room}",
+            "fields": ["id", "room", "user", "text", "created"],
+            "events": ["insert"],
+            "event_prefix": "message",
+        }
+    }
 
 LOGGING = {
     "version": 1,
