@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -56,33 +56,44 @@ def save(db: str, room: str, text: str) -> None:
     subprocess.run([sys.executable, "-c", code], cwd=CHAT, env=site_env(db), check=True, timeout=60)
 
 
-@pytest.mark.parametrize("version", [2, 4])
-def test_htmx_recipe(django_dsn: str, unpkg: Unpkg, tmp_path: Path, version: int) -> None:
+def uvicorn_site(db: str, tmp_path: Path) -> Server:
     port = free_port()
     args = [sys.executable, "-m", "uvicorn", "chatsite.asgi:application", "--port", str(port)]
     args += ["--timeout-graceful-shutdown", "2", "--no-access-log"]
+    return Server(args, site_env(db), port, tmp_path / "uvicorn.log")
+
+
+def live_through_a_kill(
+    db: str, site: Server, page: Page, room: str, texts: Callable[[], list[str]], shown: str
+) -> None:
+    """A message saved live arrives; the site is SIGKILLed, messages are saved while it is
+    down, it comes back: the missed ones arrive once each, in order, then live ones again.
+    ``shown`` is how the page shows a message's text (``{}`` for the text)."""
+    save(db, room, "live")
+    page.wait(lambda: texts()[-1:] == [shown.format("live")], "a message added live")
+    site.stop(signal.SIGKILL)
+    missed = ["while the site", "was down"]
+    for text in missed:
+        save(db, room, text)
+    site.start().wait_listening()
+    expected = [shown.format(t) for t in ["rendered with the page", "live", *missed]]
+    page.wait(lambda: texts() == expected, "the missed messages", RECONNECT)
+    save(db, room, "after")
+    page.wait(lambda: texts() == [*expected, shown.format("after")], "live again, nothing twice")
+    assert not [m for m in page.console() if "Uncaught" in m], page.console()
+
+
+@pytest.mark.parametrize("version", [2, 4])
+def test_htmx_recipe(django_dsn: str, unpkg: Unpkg, tmp_path: Path, version: int) -> None:
     page = Page(*chromium(), *unpkg.chromium_args)  # first: no server left behind without one
-    site = Server(args, site_env(django_dsn), port, tmp_path / "uvicorn.log").start()
+    site = uvicorn_site(django_dsn, tmp_path).start()
     room = f"h{version}-{uuid.uuid4().hex[:6]}"
     try:
         site.wait_listening()
         save(django_dsn, room, "rendered with the page")
         page.driver.get(f"{site.url}/htmx{version}/{room}/")
         page.wait(lambda: page.texts() == ["rendered with the page"], "the page")
-        save(django_dsn, room, "live")
-        page.wait(lambda: page.texts()[-1:] == ["live"], "a message swapped in live")
-
-        site.stop(signal.SIGKILL)
-        missed = ["while the site", "was down"]
-        for text in missed:
-            save(django_dsn, room, text)
-        site.start().wait_listening()
-        expected = ["rendered with the page", "live", *missed]
-        page.wait(lambda: page.texts() == expected, "the missed messages", RECONNECT)
-
-        save(django_dsn, room, "after")
-        page.wait(lambda: page.texts() == [*expected, "after"], "live again, nothing twice")
-        assert not [m for m in page.console() if "Uncaught" in m], page.console()
+        live_through_a_kill(django_dsn, site, page, room, page.texts, "{}")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nsite log:\n{site.log()}\nunpkg: {unpkg.requests}") from None
     finally:
@@ -93,11 +104,8 @@ def test_htmx_recipe(django_dsn: str, unpkg: Unpkg, tmp_path: Path, version: int
 
 
 def test_plain_eventsource_recipe(django_dsn: str, tmp_path: Path) -> None:
-    port = free_port()
-    args = [sys.executable, "-m", "uvicorn", "chatsite.asgi:application", "--port", str(port)]
-    args += ["--timeout-graceful-shutdown", "2", "--no-access-log"]
-    site = Server(args, site_env(django_dsn), port, tmp_path / "uvicorn.log").start()
     page = Page(*chromium())
+    site = uvicorn_site(django_dsn, tmp_path).start()
     room = f"es-{uuid.uuid4().hex[:6]}"
 
     def items() -> list[str]:
@@ -112,20 +120,7 @@ def test_plain_eventsource_recipe(django_dsn: str, tmp_path: Path) -> None:
         page.driver.get(f"{site.url}/eventsource/{room}/")
         page.wait(lambda: items() == ["carol: rendered with the page"], "the page")
         page.wait(lambda: page.driver.execute_script("return source.readyState") == 1, "the stream")
-        save(django_dsn, room, "live")
-        page.wait(lambda: items()[-1:] == ["carol: live"], "a message added live")
-
-        site.stop(signal.SIGKILL)
-        missed = ["while the site", "was down"]
-        for text in missed:
-            save(django_dsn, room, text)
-        site.start().wait_listening()
-        expected = [f"carol: {t}" for t in ["rendered with the page", "live", *missed]]
-        page.wait(lambda: items() == expected, "the missed messages", RECONNECT)
-
-        save(django_dsn, room, "after")
-        page.wait(lambda: items() == [*expected, "carol: after"], "live again, nothing twice")
-        assert not [m for m in page.console() if "Uncaught" in m], page.console()
+        live_through_a_kill(django_dsn, site, page, room, items, "carol: {}")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nsite log:\n{site.log()}") from None
     finally:
