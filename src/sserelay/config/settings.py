@@ -107,6 +107,14 @@ class Settings:
     capture: bool = False
     #: Seconds of capture lag past which ``/healthz`` answers 503 (None: never).
     capture_max_lag: float | None = None
+    #: Serve the operator's page ``GET /admin`` and announce this relay's snapshot on the
+    #: bus (docs/admin.md). Off by default.
+    admin: bool = False
+    #: HTTP Basic credentials for the operator's page (besides an admin token).
+    admin_user: str | None = None
+    admin_password: str | None = dataclasses.field(default=None, repr=False)
+    #: Seconds between this relay's snapshots on the bus (and page updates).
+    admin_interval: float = 2.0
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]  # checked below
@@ -124,6 +132,7 @@ class Settings:
             "reconnect_max",
             "shutdown_timeout",
             "drain_timeout",
+            "admin_interval",
         ):
             value = getattr(self, name)
             if not 0 < value < math.inf:
@@ -171,6 +180,7 @@ class Settings:
         if self.log_level not in logging.getLevelNamesMapping():
             raise ConfigError(f"log_level={self.log_level!r} is not a log level; {LEVELS_HINT}")
         _check_auth(self)
+        _check_admin(self)
 
     @property
     def listener_dsn(self) -> str | None:
@@ -207,6 +217,27 @@ def _check_capture(settings: Settings) -> None:
         raise ConfigError(f"capture_max_lag must be positive, not {settings.capture_max_lag}")
     if settings.capture and settings.bus != "postgres":
         raise ConfigError("capture needs the PostgreSQL bus: its events go to the PostgreSQL log")
+
+
+#: Shortest ``admin_password`` accepted.
+MIN_ADMIN_PASSWORD = 12
+
+
+def _check_admin(settings: Settings) -> None:
+    """The operator's page: Basic credentials both or neither, and some way in when on."""
+    user, password = settings.admin_user, settings.admin_password
+    if (user is None) != (password is None):
+        raise ConfigError("set admin_user and admin_password together (HTTP Basic needs both)")
+    if user is not None and (not user or ":" in user or any(ord(c) < 32 for c in user)):
+        raise ConfigError("admin_user must be non-empty, without ':' or control characters")
+    if password is not None and len(password) < MIN_ADMIN_PASSWORD:
+        raise ConfigError(f"admin_password must be at least {MIN_ADMIN_PASSWORD} characters")
+    has_key = settings.jwt_secret is not None or settings.jwt_public_key is not None
+    if settings.admin and user is None and not has_key:
+        raise ConfigError(
+            "admin needs a way in: admin_user and admin_password (HTTP Basic), or a JWT key "
+            "(jwt_secret or jwt_public_key) for admin tokens"
+        )
 
 
 def check_port(port: int) -> int:
