@@ -91,12 +91,14 @@ class OperatorAuth:
         return bool(sep) and same_user and same_password
 
     def _refusal(self, reason: str) -> HttpError:
+        # One header with both challenges (RFC 9110 allows a list): every front, Django's
+        # too, keeps one header of a name.
         challenges = []
         if self._user is not None:
-            challenges.append(("WWW-Authenticate", 'Basic realm="sserelay admin", charset="UTF-8"'))
+            challenges.append('Basic realm="sserelay admin", charset="UTF-8"')
         if self._verifier is not None:
-            challenges.append(("WWW-Authenticate", "Bearer"))
-        return HttpError(401, reason, tuple(challenges))
+            challenges.append("Bearer")
+        return HttpError(401, reason, (("WWW-Authenticate", ", ".join(challenges)),))
 
     def set_cookie(self, now: float | None = None) -> str:
         """The ``Set-Cookie`` value of a page just admitted (no ``Path``: it is sent to the
