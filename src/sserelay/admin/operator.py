@@ -84,6 +84,8 @@ class Operator:
         #: Snapshots published, and publishes that failed (the bus was down).
         self.announced = 0
         self.failures = 0
+        #: Updates written to the pages' own streams (left out of the deliveries shown).
+        self._page_deliveries = 0
         sink.handlers[CONTROL] = self._heard
 
     def start(self) -> None:
@@ -110,8 +112,10 @@ class Operator:
         await self._announce(snapshot)
         self.peers.expire(now)
         hub = self.relay.hub
-        if hub.has_channel(VIEW):
+        pages = sum(1 for _ in hub.members(VIEW))
+        if pages:
             hub.publish(Event(VIEW, page.main(self.view()), event="view"))
+            self._page_deliveries += pages  # not the clients' deliveries: left out
 
     async def _announce(self, snapshot: dict[str, Any]) -> None:
         message = Message(CONTROL, snapshot, None, None, None, True)
@@ -132,12 +136,13 @@ class Operator:
         relay, hub = self.relay, self.relay.hub
         pages = sum(1 for _ in hub.members(VIEW))
         totals = {
-            "deliveries": hub.deliveries,
+            "deliveries": hub.deliveries - self._page_deliveries,
             "events": relay.delivery.events_received,
             "slow": hub.slow_dropped,
             "opened": hub.streams_opened,
         }
-        rates, top_rates = self._sampler.rates(time.monotonic(), totals, hub.channel_events)
+        events = {c: n for c, n in hub.channel_events.items() if c != VIEW}
+        rates, top_rates = self._sampler.rates(time.monotonic(), totals, events)
         listener = relay.listener.status()
         last_error = listener.get("last_error")
         settings = relay.settings

@@ -120,8 +120,11 @@ def _relay_row(snap: dict[str, Any], own: str, now: float) -> list[str]:
 def _limits(view: dict[str, Any]) -> str:
     own = next((r for r in view.get("relays", ()) if r.get("relay") == view.get("relay")), None)
     limits = (own or {}).get("limits", {})
-    rows = [[_e(name), _number(value) if value else "off"] for name, value in limits.items()]
-    return _table("Limits in force (this relay)", ["setting", "value"], rows, "unknown yet", "kv")
+    items = "".join(
+        f"<div><span>{_e(name)}</span><b>{_number(value) if value else 'off'}</b></div>"
+        for name, value in limits.items()
+    )
+    return f"<h2>Limits in force (this relay)</h2><div class='limits'>{items}</div>"
 
 
 def _endings(view: dict[str, Any]) -> str:
@@ -161,8 +164,8 @@ def main(view: dict[str, Any]) -> str:
         + "</div><div>"
         + _table("Top channels by events/s", ["channel", "events/s"], rates, "No events.")
         + "</div></div>"
-        + _limits(view)
         + _endings(view)
+        + _limits(view)
     )
 
 
@@ -193,6 +196,10 @@ td{overflow-wrap:anywhere}tr:last-child td{border-bottom:0}.ok{color:var(--ok)}
 .bad{color:var(--bad)}.empty{color:var(--muted)}small{color:var(--muted)}
 [class^=r-]{font-weight:600}.r-slow,.r-limit,.r-revoked{color:var(--bad)}
 .r-expired,.r-shutdown{color:var(--accent)}.r-client_gone{color:var(--muted)}
+.limits{display:grid;grid-template-columns:repeat(auto-fill,minmax(17rem,1fr));gap:.4rem}
+.limits div{display:flex;justify-content:space-between;gap:.5rem;background:var(--card);
+border:1px solid var(--line);border-radius:.3rem;padding:.3rem .6rem;font-size:.9rem}
+.limits span{color:var(--muted);overflow-wrap:break-word;min-width:0}
 @media (max-width:40rem){main{padding:0 .5rem 2rem}th,td{padding:.3rem .4rem}
 .relays td:nth-child(n+9),.relays th:nth-child(n+9){display:none}}
 """
