@@ -132,7 +132,6 @@ class Settings:
             "reconnect_max",
             "shutdown_timeout",
             "drain_timeout",
-            "admin_interval",
         ):
             value = getattr(self, name)
             if not 0 < value < math.inf:
@@ -180,7 +179,6 @@ class Settings:
         if self.log_level not in logging.getLevelNamesMapping():
             raise ConfigError(f"log_level={self.log_level!r} is not a log level; {LEVELS_HINT}")
         _check_auth(self)
-        _check_admin(self)
 
     @property
     def listener_dsn(self) -> str | None:
@@ -224,7 +222,12 @@ MIN_ADMIN_PASSWORD = 12
 
 
 def _check_admin(settings: Settings) -> None:
-    """The operator's page: Basic credentials both or neither, and some way in when on."""
+    """The operator's page: its interval, Basic credentials both or neither, and some way
+    in when on."""
+    if not 0 < settings.admin_interval < math.inf:
+        raise ConfigError(
+            f"admin_interval must be a positive number of seconds, not {settings.admin_interval}"
+        )
     user, password = settings.admin_user, settings.admin_password
     if (user is None) != (password is None):
         raise ConfigError("set admin_user and admin_password together (HTTP Basic needs both)")
@@ -253,7 +256,9 @@ _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def _check_auth(settings: Settings) -> None:
-    """The token settings: one key at most, and a usable one; valid patterns and cookie."""
+    """The token settings: one key at most, and a usable one; valid patterns and cookie;
+    the operator's page's way in."""
+    _check_admin(settings)
     if not _COOKIE_NAME.fullmatch(settings.token_cookie):
         raise ConfigError(f"token_cookie={settings.token_cookie!r} is not a valid cookie name")
     if settings.jwt_secret is not None and settings.jwt_public_key is not None:
