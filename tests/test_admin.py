@@ -231,12 +231,9 @@ async def unread_stream(port: int, path: str, headers: dict[str, str]) -> socket
 async def two_relays(
     bus: str, dsn: str, redis_url: str | None, tmp_path: Path
 ) -> AsyncIterator[tuple[Any, Any]]:
-    if bus == "redis" and redis_url is None:
-        pytest.skip("needs SSERELAY_TEST_REDIS")
     args = ["--admin", "--jwt-secret", SECRET, "--admin-user", USER]
     env = {"SSERELAY_ADMIN_PASSWORD": PASSWORD, "SSERELAY_ADMIN_INTERVAL": "0.5"}
-    if bus == "redis":
-        assert redis_url is not None
+    if redis_url is not None:
         args += ["--redis", redis_url]
         env["SSERELAY_REDIS_PREFIX"] = f"sserelay-test-{uuid.uuid4().hex[:10]}:"
     else:
@@ -249,11 +246,15 @@ async def two_relays(
         yield a, b
 
 
-@pytest.mark.parametrize("bus", ["postgres", "redis"])
+@pytest.mark.parametrize("bus", ["postgres", "redis", "cluster"])
 async def test_the_page_of_one_relay_shows_the_streams_of_another(
     bus: str, dsn: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    redis_url = request.getfixturevalue("redis_url") if bus == "redis" else None
+    redis_url = None  # PostgreSQL; else one Redis, or any node of a Redis Cluster
+    if bus == "redis":
+        redis_url = request.getfixturevalue("redis_url")
+    elif bus == "cluster":
+        redis_url = request.getfixturevalue("redis_cluster").url
     async with two_relays(bus, dsn, redis_url, tmp_path) as (a, b):
         b_id = f"{socket.gethostname()}:{b.proc.pid}"
         updates = await SseClient.open("127.0.0.1", a.port, "/admin/stream", basic())
