@@ -80,6 +80,11 @@ async def test_who_may_see_the_page(dsn: str, kind: str) -> None:
             assert "sserelay · operator" in answer.body.decode()
             assert "script-src 'nonce-" in answer.headers["content-security-policy"]
             assert "HttpOnly; SameSite=Strict" in answer.headers["set-cookie"]
+        behind_tls = await front.get("/admin", {**basic(), "X-Forwarded-Proto": "https"})
+        assert behind_tls.headers["set-cookie"].endswith("; Secure")
+        # The relays' control channel and the pages' channel are no client's to read.
+        for channel in ("sserelay.admin", "sserelay.admin.view"):
+            assert (await front.get(f"/events/{channel}", basic())).status == 400
         as_json = await front.get("/admin?format=json", basic())
         assert as_json.status == 200
         assert as_json.json()["relays"][0]["relay"] == as_json.json()["relay"]

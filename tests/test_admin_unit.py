@@ -218,6 +218,7 @@ def test_basic_token_and_cookie_admit_and_nothing_else_does() -> None:
     admin = mint_token(SECRET, admin=True, ttl=60)
     assert auth.check({"authorization": f"Bearer {admin}"}, ()) == "token"
     assert auth.check({}, [("token", admin)]) == "token"
+    assert "; Secure" in auth.set_cookie(secure=True) and "Secure" not in auth.set_cookie()
     cookie = auth.set_cookie().split(";")[0]
     assert cookie.startswith(f"{COOKIE}=") and "HttpOnly" in auth.set_cookie()
     assert auth.check({"cookie": f"other=1; {cookie}"}, ()) == "cookie"

@@ -100,12 +100,14 @@ class OperatorAuth:
             challenges.append("Bearer")
         return HttpError(401, reason, (("WWW-Authenticate", ", ".join(challenges)),))
 
-    def set_cookie(self, now: float | None = None) -> str:
+    def set_cookie(self, now: float | None = None, *, secure: bool = False) -> str:
         """The ``Set-Cookie`` value of a page just admitted (no ``Path``: it is sent to the
-        page's own directory, where its stream is, under any mount point)."""
+        page's own directory, where its stream is, under any mount point); ``secure``:
+        the page came over HTTPS, the cookie goes back over HTTPS only."""
         expires = int(now if now is not None else time.time()) + COOKIE_TTL
         value = f"{expires}.{self._sign(expires)}"
-        return f"{COOKIE}={value}; Max-Age={COOKIE_TTL}; HttpOnly; SameSite=Strict"
+        attributes = f"Max-Age={COOKIE_TTL}; HttpOnly; SameSite=Strict"
+        return f"{COOKIE}={value}; {attributes}" + ("; Secure" if secure else "")
 
     def cookie_valid(self, cookie_header: str, now: float | None = None) -> bool:
         """The request's page cookie is ours and has not expired."""

@@ -176,8 +176,9 @@ class Operator:
         """Every relay heard from, merged (see :meth:`Peers.view`)."""
         return self.peers.view(self.relay.hub.endings.last(), time.time())
 
-    def page(self) -> tuple[list[tuple[str, str]], bytes]:
-        """``GET /admin``'s headers and body (the caller admitted the request)."""
+    def page(self, *, secure: bool = False) -> tuple[list[tuple[str, str]], bytes]:
+        """``GET /admin``'s headers and body (the caller admitted the request; ``secure``:
+        it came over HTTPS, as a proxy says)."""
         nonce = secrets.token_urlsafe(16)
         headers = [
             ("Content-Type", "text/html; charset=utf-8"),
@@ -190,7 +191,7 @@ class Operator:
             ),
             ("X-Content-Type-Options", "nosniff"),
             ("Referrer-Policy", "no-referrer"),
-            ("Set-Cookie", self.auth.set_cookie()),
+            ("Set-Cookie", self.auth.set_cookie(secure=secure)),
         ]
         return headers, page.page(self.view(), nonce).encode()
 

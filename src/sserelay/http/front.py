@@ -138,7 +138,10 @@ def _operator(relay: Relay, request: Request, target: AdminRoute) -> Response | 
         form = dict(target.query).get("format", "html")
         if form not in ("html", "json"):
             raise HttpError(400, f"format must be html or json, not {form[:20]!r}")
-        headers, body = operator.json() if form == "json" else operator.page()
+        # Behind a TLS proxy the cookie is marked Secure (a client that claims HTTPS
+        # falsely only makes its own cookie stricter).
+        https = request.headers.get("x-forwarded-proto", "").lower() == "https"
+        headers, body = operator.json() if form == "json" else operator.page(secure=https)
         return Response(200, headers, body)
     _refuse_if_closing(relay)
     # A stream like the others in the limits of the process (never per subject).
