@@ -193,7 +193,8 @@ border-radius:.4rem}table{border-collapse:collapse;width:100%;font-size:.9rem}
 th,td{text-align:left;padding:.35rem .6rem;border-bottom:1px solid var(--line);
 vertical-align:top}th{color:var(--muted);font-weight:600;white-space:nowrap}
 td{overflow-wrap:anywhere}.relays td{white-space:nowrap}
-.relays td:nth-child(9),.relays td:nth-child(10){white-space:normal;min-width:14rem}tr:last-child td{border-bottom:0}.ok{color:var(--ok)}
+.relays td:nth-child(9),.relays td:nth-child(10){white-space:normal;min-width:14rem}
+tr:last-child td{border-bottom:0}.ok{color:var(--ok)}
 .bad{color:var(--bad)}.empty{color:var(--muted)}small{color:var(--muted)}
 [class^=r-]{font-weight:600}.r-slow,.r-limit,.r-revoked{color:var(--bad)}
 .r-expired,.r-shutdown{color:var(--accent)}.r-client_gone{color:var(--muted)}
