@@ -197,6 +197,7 @@ def test_the_view_merges_every_relay_newest_ending_first() -> None:
     assert view["rates"] == {"deliveries": 3.5}
     assert view["top_subscribers"] == [["a", 3], ["b", 2]]
     assert view["top_rates"] == [["b", 3.0], ["a", 1.0]]
+    assert view["ended"] == dict.fromkeys(REASONS, 0)  # the snapshots above counted none
     assert [(e[0], e[2], e[4]) for e in view["endings"]] == [
         ("b:2", "expired", "bob"),
         ("me:1", "slow", "alice"),
@@ -268,9 +269,11 @@ def test_the_page_escapes_everything_a_client_chose() -> None:
         "top_subscribers": [[evil, 1]],
         "top_rates": [],
         "endings": [["me:1", 99.0, "slow", [evil], evil, "10.0.0.1"]],
+        "ended": {"slow": 1, "client_gone": 12345},
     }
     html = page.page(view, "n0nce")
     assert evil not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert html.count("<script") == 1 and "<script nonce='n0nce'>" in html
     assert "<tr data-ending>" in html and "max_streams" in html
+    assert "client_gone</span> 12,345" in html
     assert "No stream has ended yet." in page.main({**view, "endings": []})

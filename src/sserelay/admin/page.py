@@ -141,10 +141,16 @@ def _endings(view: dict[str, Any]) -> str:
                 _e(relay),
             ]
         )
+    counts = " · ".join(
+        f"<span class='r-{_e(r)}' title='{_e(REASON_HELP.get(r, ''))}'>{_e(r)}</span> {_number(n)}"
+        for r, n in view.get("ended", {}).items()
+    )
     heads = ["time (UTC)", "reason", "channels", "subject", "client", "relay"]
     caption = f"Stream endings (newest first, {len(rows)})"
+    since = f"<p class='counts'>Since start, all relays: {counts}</p>" if counts else ""
     # data-ending: the rows the page's filter looks through.
-    return _table(caption, heads, rows, "No stream has ended yet.", "endings", "<tr data-ending>")
+    table = _table(caption, heads, rows, "No stream has ended yet.", "endings", "<tr data-ending>")
+    return table + since
 
 
 def main(view: dict[str, Any]) -> str:
@@ -193,9 +199,10 @@ border-radius:.4rem}table{border-collapse:collapse;width:100%;font-size:.9rem}
 th,td{text-align:left;padding:.35rem .6rem;border-bottom:1px solid var(--line);
 vertical-align:top}th{color:var(--muted);font-weight:600;white-space:nowrap}
 td{overflow-wrap:anywhere}.relays td{white-space:nowrap}
-.relays td:nth-child(9),.relays td:nth-child(10){white-space:normal;min-width:14rem}
+.relays td:nth-child(9),.relays td:nth-child(10){white-space:normal;min-width:9rem}
 tr:last-child td{border-bottom:0}.ok{color:var(--ok)}
-.bad{color:var(--bad)}.empty{color:var(--muted)}small{color:var(--muted)}
+.bad{color:var(--bad)}.empty,.counts{color:var(--muted)}small{color:var(--muted)}
+.counts{font-size:.85rem;margin:.4rem 0 0}
 [class^=r-]{font-weight:600}.r-slow,.r-limit,.r-revoked{color:var(--bad)}
 .r-expired,.r-shutdown{color:var(--accent)}.r-client_gone{color:var(--muted)}
 .limits{display:grid;grid-template-columns:repeat(auto-fill,minmax(17rem,1fr));gap:.4rem}

@@ -11,7 +11,7 @@ import logging
 from collections import Counter
 from typing import Any
 
-from ..core.endings import RING_SIZE, Ending, Endings
+from ..core.endings import REASONS, RING_SIZE, Ending, Endings
 from .snapshot import TOP, VERSION, top
 
 log = logging.getLogger("sserelay.admin")
@@ -89,13 +89,16 @@ class Peers:
     def view(self, own_endings: list[Ending], now: float, limit: int = RING_SIZE) -> dict[str, Any]:
         """What the operator's page shows: every relay, the totals, the top channels
         across relays (each relay's top lists summed: a channel outside every relay's top
-        list is not counted), and the newest ``limit`` endings of all, newest first."""
+        list is not counted), the endings counted by reason since each relay started, and
+        the newest ``limit`` endings of all, newest first."""
         relays = self.relays()
         totals: Counter[str] = Counter()
         rates: Counter[str] = Counter()
         subscribers: Counter[str] = Counter()
         events: Counter[str] = Counter()
+        ended: Counter[str] = Counter(dict.fromkeys(REASONS, 0))
         for snap in relays:
+            ended.update(snap.get("ended", {}))
             totals.update(streams=snap.get("streams", 0), channels=snap.get("channels", 0))
             rates.update(snap.get("rates", {}))
             for channel, count in snap.get("top_subscribers", ()):
@@ -115,5 +118,6 @@ class Peers:
             "rates": {k: round(v, 2) for k, v in rates.items()},
             "top_subscribers": top(subscribers.items(), TOP),
             "top_rates": [[c, round(r, 2)] for c, r in top(events.items(), TOP)],
+            "ended": dict(ended),
             "endings": [[relay, *e.compact()[1:]] for relay, e in endings[:limit]],
         }
