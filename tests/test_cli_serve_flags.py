@@ -101,3 +101,14 @@ def test_bad_limits_are_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         settings_of(*argv)
+
+
+def test_the_operators_page_flags(clean_env: pytest.MonkeyPatch) -> None:
+    assert settings_of().admin is False
+    clean_env.setenv("SSERELAY_ADMIN_PASSWORD", "correct horse battery")
+    settings = settings_of("--admin", "--admin-user", "ops")
+    assert (settings.admin, settings.admin_user) == (True, "ops")
+    assert settings.admin_password == "correct horse battery"
+    clean_env.delenv("SSERELAY_ADMIN_PASSWORD")
+    with pytest.raises(ConfigError, match="admin needs a way in"):
+        settings_of("--admin")

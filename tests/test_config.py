@@ -249,3 +249,51 @@ def test_load_settings_refuses_bad_values(monkeypatch: pytest.MonkeyPatch) -> No
 def test_load_settings_unknown_override() -> None:
     with pytest.raises(ConfigError, match="colour"):
         load_settings(colour="blue")
+
+
+# -- the operator's page ----------------------------------------------------------------
+
+SECRET = "a-secret-of-the-config-tests-0123456789abcdef"
+
+
+def test_the_operators_page_from_the_environment() -> None:
+    env = {
+        "SSERELAY_ADMIN": "yes",
+        "SSERELAY_ADMIN_USER": "ops",
+        "SSERELAY_ADMIN_PASSWORD": "correct horse battery",
+        "SSERELAY_ADMIN_INTERVAL": "0.5",
+    }
+    values = settings_from_env(env)
+    assert values == {
+        "admin": True,
+        "admin_user": "ops",
+        "admin_password": "correct horse battery",
+        "admin_interval": 0.5,
+    }
+    settings = Settings(**values)  # type: ignore[arg-type]  # parsed above
+    assert "correct horse" not in repr(settings)
+    assert Settings().admin is False and Settings().admin_interval == 2.0
+    with pytest.raises(ConfigError, match="SSERELAY_ADMIN='maybe' is not a boolean"):
+        settings_from_env({"SSERELAY_ADMIN": "maybe"})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"admin": True}, "admin needs a way in: admin_user and admin_password"),
+        ({"admin_user": "ops"}, "set admin_user and admin_password together"),
+        ({"admin_password": "correct horse battery"}, "set admin_user and admin_password"),
+        ({"admin_user": "o:ps", "admin_password": "x" * 12}, "admin_user must be non-empty"),
+        ({"admin_user": "", "admin_password": "x" * 12}, "admin_user must be non-empty"),
+        ({"admin_user": "ops", "admin_password": "short"}, "admin_password must be at least 12"),
+        ({"admin_interval": 0}, "admin_interval must be a positive number of seconds"),
+    ],
+)
+def test_the_operators_page_settings_are_checked(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings(**changes)  # type: ignore[arg-type]  # values of the right type
+
+
+def test_the_operators_page_with_a_token_key_or_a_password() -> None:
+    assert Settings(admin=True, jwt_secret=SECRET).admin
+    assert Settings(admin=True, admin_user="ops", admin_password="x" * 12).admin

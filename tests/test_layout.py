@@ -26,6 +26,7 @@ LAYERS = {
     "bus": 5,
     "http": 6,
     "metrics": 7,
+    "admin": 7,
     "relay": 7,
     "workers": 7,
     "asgi": 8,

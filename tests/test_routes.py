@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from sserelay.errors import HttpError
 from sserelay.http.routes import (
     MAX_QUERY_FIELDS,
+    AdminRoute,
     AssetRoute,
     Endpoint,
     Route,
@@ -104,6 +105,16 @@ def test_the_limit_counts_names_as_asked() -> None:
 def test_endpoints(name: str) -> None:
     assert get(f"/{name}") == Endpoint(name)
     assert get(f"/{name}", "verbose=1&channel=x") == Endpoint(name)
+
+
+def test_the_operators_page_and_its_stream() -> None:
+    assert get("/admin") == AdminRoute(False)
+    assert get("/admin", "format=json") == AdminRoute(False, (("format", "json"),))
+    assert get("/admin/stream") == AdminRoute(True)
+    # A channel named "admin" is under /events/ (the legacy GET /{channel} no longer reaches it).
+    assert get("/events/admin") == StreamRoute(("admin",))
+    assert refused("/admin/other").status == 404
+    assert refused("/admin", method="POST").status == 405
 
 
 # -- refusals ------------------------------------------------------------------------

@@ -115,6 +115,14 @@ class RelayCollector(Collector):
         for status, count in sorted(relay.rejected.items()):
             rejected.add_metric([str(status)], count)
         yield rejected
+        endings = CounterMetricFamily(
+            "sserelay_stream_endings",
+            "Streams that ended (or were refused by a limit), by reason (docs/admin.md).",
+            labels=["reason"],
+        )
+        for reason, count in relay.hub.endings.counts.items():
+            endings.add_metric([reason], count)
+        yield endings
         if relay.capturer is not None:
             yield from capture_families(relay.capturer)
 

@@ -28,8 +28,10 @@ from . import bus as buses
 from . import jitter
 from .access.admission import StreamAccess
 from .access.policy import policy_from_settings, token_from
+from .admin import Operator
 from .config import Settings
 from .core.catchup import CatchUp, subscribe
+from .core.control import ControlSink
 from .core.delivery import Delivery
 from .core.protocols import Lease, Subscriber
 from .core.supervisor import Supervisor
@@ -94,13 +96,15 @@ class Relay:
             drain_timeout=settings.drain_timeout,
         )
         self.hub = self.delivery.hub
-        self.bus = buses.connect(settings, dsn, self.delivery)
+        # The operator's page hears the relays' snapshots on a control channel of the bus.
+        control = ControlSink(self.delivery) if settings.admin else None
+        self.bus = buses.connect(settings, dsn, control or self.delivery)
         self.listener = self.bus.listener
         self.log = self.bus.log
         self.delivery.attach(self.listener, self.log)
         #: Who may read which channels (built once), and the stream limits.
         self.policy = policy_from_settings(settings)
-        self.access = StreamAccess(settings, self.policy)
+        self.access = StreamAccess(settings, self.policy, endings=self.hub.endings)
         #: ``POST /publish``, on the bus's own connections.
         self.publisher = Publisher(
             settings, self.bus.publish, self.policy, raw_limit=self.bus.raw_limit
@@ -109,6 +113,10 @@ class Relay:
         self.rejected: Counter[int] = Counter()
         self.metrics = RelayMetrics(self)
         self.listener.lag_observer = self.metrics.lag
+        #: The operator's page (``settings.admin``; docs/admin.md).
+        self.operator: Operator | None = None
+        if control is not None:
+            self.operator = Operator(self, control)
         #: Change data capture (``settings.capture``; docs/capture.md), PostgreSQL only.
         self.capturer: Capturer | None = None
         if settings.capture:
@@ -160,6 +168,8 @@ class Relay:
         await self.log.open()
         self.tasks.service("listener", self.listener.run)
         self.tasks.service("heartbeats", self.hub.run_heartbeats)
+        if self.operator is not None:
+            self.operator.start()
         if self.settings.retention_age is not None or self.settings.retention_count is not None:
             self.tasks.service("pruner", self._prune_forever)
         if self.capturer is not None:

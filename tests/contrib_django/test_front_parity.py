@@ -9,6 +9,7 @@ to all three fronts, configured alike; their answers must agree. (The Django vie
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -97,18 +98,20 @@ def answer(response: RawResponse) -> Answer:
 
 
 @contextlib.asynccontextmanager
-async def three_fronts(dsn: str) -> AsyncIterator[dict[str, int]]:
+async def three_fronts(
+    dsn: str, settings: dict[str, Any] = SETTINGS
+) -> AsyncIterator[dict[str, int]]:
     """The native server, the ASGI app and the Django view, alike: name -> port."""
     from sserelay.contrib.django.asgi import get_asgi_application
 
-    django_settings = {key.upper(): value for key, value in SETTINGS.items()}
-    django_settings["PUBLIC_CHANNELS"] = list(SETTINGS["public_channels"])
+    django_settings = {key.upper(): value for key, value in settings.items()}
+    django_settings["PUBLIC_CHANNELS"] = list(settings["public_channels"])
     django_settings["JWT_SECRET"] = SECRET
-    app = create_app(Settings(**SETTINGS), dsn=dsn)
+    app = create_app(Settings(**settings), dsn=dsn)
     with override_settings(SSERELAY=django_settings, ROOT_URLCONF="parity_urls"):
         django_app = get_asgi_application()
         async with (
-            running_relay(dsn, **SETTINGS) as native,
+            running_relay(dsn, **settings) as native,
             uvicorn_serving(app, app) as asgi,
             uvicorn_serving(django_app, app) as django_front,
         ):
@@ -199,3 +202,45 @@ async def test_the_client_script_is_the_same_on_every_front(django_dsn: str) -> 
             assert answers["native"][0] == status, (name, answers["native"])
             assert answers["asgi"] == answers["native"], (name, answers)
             assert answers["django"] == answers["native"], (name, answers)
+
+
+ADMIN_SETTINGS = {
+    **SETTINGS,
+    "admin": True,
+    "admin_user": "ops",
+    "admin_password": "correct horse battery",
+    "admin_interval": 0.3,
+}
+
+
+async def test_the_operators_page_is_the_same_on_every_front(django_dsn: str) -> None:
+    basic = "Authorization: Basic " + base64.b64encode(b"ops:correct horse battery").decode()
+    admin = mint_token(SECRET, admin=True)
+    async with three_fronts(django_dsn, ADMIN_SETTINGS) as ports:
+        for name, request in [
+            ("no credentials", get("/admin")),
+            ("a wrong password", get("/admin", basic[:-4] + "AAA=")),
+            ("a token without the admin grant", get("/admin", f"Authorization: Bearer {OTHER}")),
+            ("the stream without its cookie", get("/admin/stream")),
+            ("an unknown format", get("/admin?format=xml", basic)),
+        ]:
+            answers = {
+                front: answer(await raw_request(HOST, port, request))
+                for front, port in ports.items()
+            }
+            assert answers["native"].status in (400, 401, 403), (name, answers["native"])
+            assert answers["asgi"] == answers["native"] == answers["django"], (name, answers)
+        for front, port in ports.items():
+            for request in (get("/admin", basic), get(f"/admin?token={admin}")):
+                page = await raw_request(HOST, port, request)
+                assert page.status == 200, (front, page.raw[:300])
+                assert "sserelay · operator" in page.body.decode(), front
+            cookie = page.headers["set-cookie"].split(";")[0]
+            updates = await SseClient.open(HOST, port, "/admin/stream", {"Cookie": cookie})
+            try:
+                assert updates.status == 200, (front, updates.headers)
+                while (event := await updates.next_event(timeout=30)).event != "view":
+                    pass
+                assert "Stream endings" in event.data, front
+            finally:
+                await updates.close()

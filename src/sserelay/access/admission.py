@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from .. import jitter
+from ..core.endings import Endings
 from ..errors import AuthError, HttpError
 from .limits import Lease, StreamLimits
 from .policy import ChannelPolicy, policy_from_settings, token_from
@@ -37,8 +38,16 @@ LIFETIME_JITTER = 0.10
 class StreamAccess:
     """The subscriber checks of one relay process: the token policy, then the limits."""
 
-    def __init__(self, settings: Settings, policy: ChannelPolicy | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        policy: ChannelPolicy | None = None,
+        *,
+        endings: Endings | None = None,
+    ) -> None:
         self.settings = settings
+        #: Where a refusal by the limits is recorded (reason ``limit``), if anywhere.
+        self.endings = endings
         self.policy = policy if policy is not None else policy_from_settings(settings)
         self.limits = StreamLimits(
             settings.max_streams,
@@ -70,7 +79,7 @@ class StreamAccess:
             if exc.status == 403:
                 challenge = 'Bearer error="insufficient_scope"'
             raise HttpError(exc.status, exc.reason, (("WWW-Authenticate", challenge),)) from None
-        subject = access.subject if access is not None else None
+        token_subject = subject = access.subject if access is not None else None
         if access is not None and subject is None and client is not None:
             # A token without ``sub`` must not escape the per-subject limit: its bearer is
             # counted by address (as the publish rate does).
@@ -80,7 +89,10 @@ class StreamAccess:
             lease = self.limits.acquire(client, subject, deadline, channels)
         except HttpError as exc:
             self._refused(exc.status, exc.reason, subject, client)
+            if self.endings is not None:
+                self.endings.record("limit", channels, token_subject, client)
             raise
+        lease.sub, lease.peer = token_subject, client
         log.debug(
             "stream on %s: sub=%s client=%s", ",".join(channels)[:200], subject or "-", client
         )

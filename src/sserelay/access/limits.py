@@ -18,7 +18,17 @@ def retry_after() -> tuple[tuple[str, str], ...]:
 class Lease:
     """One admitted stream's place in the limits (a :class:`~sserelay.core.protocols.Lease`)."""
 
-    __slots__ = ("channels", "client", "deadline", "limits", "owner", "released", "subject")
+    __slots__ = (
+        "channels",
+        "client",
+        "deadline",
+        "limits",
+        "owner",
+        "peer",
+        "released",
+        "sub",
+        "subject",
+    )
 
     def __init__(
         self,
@@ -37,6 +47,10 @@ class Lease:
         self.channels = channels
         self.owner = owner
         self.released = False
+        #: Whose stream it is (the record of why it ended): the token's ``sub`` and the
+        #: client's address, whatever the limits count. Set by the admission.
+        self.sub: str | None = None
+        self.peer: str | None = None
 
     def release(self) -> None:
         """Give the place back (idempotent)."""

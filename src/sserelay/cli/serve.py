@@ -67,6 +67,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     _add_security_options(p)
     _add_capture_options(p)
+    _add_admin_options(p)
     add_bus_options(p)
     p.set_defaults(func=run)
 
@@ -159,6 +160,20 @@ def _add_capture_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_admin_options(p: argparse.ArgumentParser) -> None:
+    """The operator's page (docs/admin.md)."""
+    p.add_argument(
+        "--admin",
+        action="store_const",
+        const=True,
+        help="serve the operator's page GET /admin (env SSERELAY_ADMIN; docs/admin.md)",
+    )
+    p.add_argument(
+        "--admin-user",
+        help="HTTP Basic user of /admin; the password only from SSERELAY_ADMIN_PASSWORD",
+    )
+
+
 def serve_settings(args: argparse.Namespace) -> Settings:
     """The settings of ``serve``: its flags over the environment over the defaults."""
     return load_settings(
@@ -191,6 +206,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         broker=broker_flag(args),
         capture=args.capture,
         capture_max_lag=args.capture_max_lag,
+        admin=args.admin,
+        admin_user=args.admin_user,
     )
 
 

@@ -107,6 +107,14 @@ class Settings:
     capture: bool = False
     #: Seconds of capture lag past which ``/healthz`` answers 503 (None: never).
     capture_max_lag: float | None = None
+    #: Serve the operator's page ``GET /admin`` and announce this relay's snapshot on the
+    #: bus (docs/admin.md). Off by default.
+    admin: bool = False
+    #: HTTP Basic credentials for the operator's page (besides an admin token).
+    admin_user: str | None = None
+    admin_password: str | None = dataclasses.field(default=None, repr=False)
+    #: Seconds between this relay's snapshots on the bus (and page updates).
+    admin_interval: float = 2.0
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]  # checked below
@@ -209,6 +217,32 @@ def _check_capture(settings: Settings) -> None:
         raise ConfigError("capture needs the PostgreSQL bus: its events go to the PostgreSQL log")
 
 
+#: Shortest ``admin_password`` accepted.
+MIN_ADMIN_PASSWORD = 12
+
+
+def _check_admin(settings: Settings) -> None:
+    """The operator's page: its interval, Basic credentials both or neither, and some way
+    in when on."""
+    if not 0 < settings.admin_interval < math.inf:
+        raise ConfigError(
+            f"admin_interval must be a positive number of seconds, not {settings.admin_interval}"
+        )
+    user, password = settings.admin_user, settings.admin_password
+    if (user is None) != (password is None):
+        raise ConfigError("set admin_user and admin_password together (HTTP Basic needs both)")
+    if user is not None and (not user or ":" in user or any(ord(c) < 32 for c in user)):
+        raise ConfigError("admin_user must be non-empty, without ':' or control characters")
+    if password is not None and len(password) < MIN_ADMIN_PASSWORD:
+        raise ConfigError(f"admin_password must be at least {MIN_ADMIN_PASSWORD} characters")
+    has_key = settings.jwt_secret is not None or settings.jwt_public_key is not None
+    if settings.admin and user is None and not has_key:
+        raise ConfigError(
+            "admin needs a way in: admin_user and admin_password (HTTP Basic), or a JWT key "
+            "(jwt_secret or jwt_public_key) for admin tokens"
+        )
+
+
 def check_port(port: int) -> int:
     if not 0 <= port <= 65535:
         raise ConfigError(f"port must be between 0 and 65535, not {port}")
@@ -222,7 +256,9 @@ _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def _check_auth(settings: Settings) -> None:
-    """The token settings: one key at most, and a usable one; valid patterns and cookie."""
+    """The token settings: one key at most, and a usable one; valid patterns and cookie;
+    the operator's page's way in."""
+    _check_admin(settings)
     if not _COOKIE_NAME.fullmatch(settings.token_cookie):
         raise ConfigError(f"token_cookie={settings.token_cookie!r} is not a valid cookie name")
     if settings.jwt_secret is not None and settings.jwt_public_key is not None:

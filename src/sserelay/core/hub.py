@@ -28,12 +28,13 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from .. import jitter
 from ..wire.envelope import Event
 from ..wire.sse import encode_comment, encode_retry
+from .endings import Endings
 from .protocols import Lease, Subscriber
 
 log = logging.getLogger("sserelay.hub")
@@ -41,6 +42,11 @@ log = logging.getLogger("sserelay.hub")
 #: A batch (see Hub.flush) stays under this size: a caught-up stream may take one frame
 #: bigger than its buffer bound, and that frame should be one event's size, or close.
 BATCH_BYTES = 64 * 1024
+
+#: Channels of the relay's own streams (the operator's page): no client may name one
+#: (:mod:`sserelay.wire.channels`), the relay feeds them in-process (never from the bus:
+#: the owner is not told of them) and their endings are not recorded.
+INTERNAL_PREFIX = "sserelay."
 
 PING = encode_comment("ping")
 READY = encode_comment("ready")
@@ -98,6 +104,11 @@ class Hub:
         self.slow_dropped = 0
         self.streams_opened = 0
         self.streams_expired = 0
+        #: Events fanned out per channel (for events/s on the operator's page); a channel's
+        #: count goes with its last member.
+        self.channel_events: dict[str, int] = {}
+        #: Why the last streams ended (the operator's page; docs/admin.md).
+        self.endings = Endings()
 
     # -- subscriptions ---------------------------------------------------------------
 
@@ -111,6 +122,12 @@ class Hub:
 
     def channels(self) -> list[str]:
         return list(self._channels)
+
+    def member_counts(self) -> Iterator[tuple[str, int]]:
+        """Each channel with its streams (live or catching up), the relay's own left out."""
+        for channel, members in self._members.items():
+            if not channel.startswith(INTERNAL_PREFIX):
+                yield channel, len(members)
 
     def has_channel(self, channel: str) -> bool:
         return channel in self._members
@@ -146,9 +163,14 @@ class Hub:
             if members is None:
                 members = self._members[channel] = {}
                 self._channels[channel] = {}
-                self.owner.first_member(channel)
+                if not channel.startswith(INTERNAL_PREFIX):  # fed in-process, not by the bus
+                    self.owner.first_member(channel)
             members[sub] = None
-        sub.pending = {c for c in sub.channels if not self.owner.is_live(c)}
+        sub.pending = {
+            c
+            for c in sub.channels
+            if not c.startswith(INTERNAL_PREFIX) and not self.owner.is_live(c)
+        }
         if not sub.pending:
             sub.write(READY)
         if live:
@@ -166,12 +188,21 @@ class Hub:
         if sub.id_key is not None:
             self._composite += 1
 
-    def unsubscribe(self, sub: Subscriber) -> None:
-        """Forget ``sub`` (idempotent). The last member of a channel unsubscribes it."""
+    def unsubscribe(self, sub: Subscriber, reason: str = "client_gone") -> None:
+        """Forget ``sub`` (idempotent: the first call's ``reason`` is the one recorded, one
+        of :data:`~sserelay.core.endings.REASONS`). The last member of a channel
+        unsubscribes it."""
         live = self._subscribers.pop(sub, None)
         if live is None:
             return
         lease = self._leases.pop(sub, None)
+        if not sub.channels[0].startswith(INTERNAL_PREFIX):  # not the relay's own streams
+            self.endings.record(
+                reason,
+                sub.channels,
+                lease.sub if lease is not None else None,
+                lease.peer if lease is not None else None,
+            )
         if lease is not None:
             if lease.deadline is not None:
                 self._timed -= 1
@@ -188,7 +219,9 @@ class Hub:
                 del self._members[channel]
                 del self._channels[channel]
                 self._last_event.pop(channel, None)
-                self.owner.last_member(channel)
+                self.channel_events.pop(channel, None)
+                if not channel.startswith(INTERNAL_PREFIX):
+                    self.owner.last_member(channel)
         self.owner.stream_gone(sub)
 
     def channels_live(self, channels: Iterable[str]) -> None:
@@ -242,6 +275,7 @@ class Hub:
         if not subs:
             return
         self._last_event[event.channel] = time.monotonic()
+        self.channel_events[event.channel] = self.channel_events.get(event.channel, 0) + count
         if self._composite and event.seq is not None:
             slow = self._fan_out_composite(event, subs)
         else:
@@ -269,7 +303,7 @@ class Hub:
     def drop_slow(self, sub: Subscriber) -> None:
         self.slow_dropped += 1
         log.info("dropping slow client on %s", ",".join(sub.channels)[:200])
-        self.unsubscribe(sub)
+        self.unsubscribe(sub, "slow")
         sub.abort()
 
     # -- heartbeats, deadlines and shutdown ------------------------------------------
@@ -307,7 +341,7 @@ class Hub:
             lease = self._leases.get(sub)
             if lease is None or lease.deadline != deadline:
                 continue  # gone before its deadline
-            self.unsubscribe(sub)
+            self.unsubscribe(sub, "expired")
             sub.close(retry_hint(self.retry_ms, farewell=True))
             ended += 1
         if len(heap) > 2 * self._timed + 64:
@@ -333,7 +367,7 @@ class Hub:
         self.closing = True
         subs = list(self._subscribers)
         for sub in subs:
-            self.unsubscribe(sub)
+            self.unsubscribe(sub, "shutdown")
             sub.close(retry_hint(retry_ms, farewell=True))
         return len(subs)
 

@@ -61,6 +61,10 @@ class Lease(Protocol):
     and the monotonic time it must end by (None: never)."""
 
     deadline: float | None
+    #: Whose stream it is, for the record of why it ended (:mod:`sserelay.core.endings`):
+    #: the token's ``sub`` (None without one) and the client's address.
+    sub: str | None
+    peer: str | None
 
     def release(self) -> None:
         """Give back the stream's place in the limits."""

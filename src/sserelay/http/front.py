@@ -28,7 +28,7 @@ from ..errors import HttpError
 from . import assets
 from .request import Request, client_address
 from .responses import SSE_HEADERS, cors_headers, error_body, preflight_headers
-from .routes import AssetRoute, Endpoint, StreamRoute, route
+from .routes import AdminRoute, AssetRoute, Endpoint, StreamRoute, route
 
 if TYPE_CHECKING:
     from ..relay import Relay
@@ -104,17 +104,49 @@ def dispatch(relay: Relay, request: Request) -> Outcome:
             return Response(status, [("Content-Type", ctype), ("Cache-Control", "no-cache")], body)
         if isinstance(target, AssetRoute):  # static bytes: answered while closing too
             return _asset(target, request, settings.allowed_origins)
-        if relay.closing:
-            problem = relay.problem()
-            reason = "relay is shutting down"
-            if problem != "shutting down":
-                reason = f"relay unavailable ({problem})"
-            raise HttpError(503, reason, (("Retry-After", "1"),))
+        if isinstance(target, AdminRoute):
+            return _operator(relay, request, target)
+        _refuse_if_closing(relay)
         if isinstance(target, Endpoint):
             return PUBLISH
         return _admit(relay, request, target)
     except HttpError as exc:
         return refusal(relay, exc, origin)
+
+
+def _refuse_if_closing(relay: Relay) -> None:
+    """503 while no new stream is admitted: shutting down, or failed."""
+    if relay.closing:
+        problem = relay.problem()
+        reason = "relay is shutting down"
+        if problem != "shutting down":
+            reason = f"relay unavailable ({problem})"
+        raise HttpError(503, reason, (("Retry-After", "1"),))
+
+
+def _operator(relay: Relay, request: Request, target: AdminRoute) -> Response | Admission:
+    """The operator's page (answered while closing too: it says why) or its stream."""
+    operator = relay.operator
+    if operator is None:
+        raise HttpError(
+            404,
+            "the operator's page is off (the admin setting, docs/admin.md); "
+            "a channel named 'admin' is at /events/admin",
+        )
+    operator.auth.check(request.headers, target.query)
+    if not target.stream:
+        form = dict(target.query).get("format", "html")
+        if form not in ("html", "json"):
+            raise HttpError(400, f"format must be html or json, not {form[:20]!r}")
+        # Behind a TLS proxy the cookie is marked Secure (a client that claims HTTPS
+        # falsely only makes its own cookie stricter).
+        https = request.headers.get("x-forwarded-proto", "").lower() == "https"
+        headers, body = operator.json() if form == "json" else operator.page(secure=https)
+        return Response(200, headers, body)
+    _refuse_if_closing(relay)
+    # A stream like the others in the limits of the process (never per subject).
+    lease = relay.access.limits.acquire(request.client, None, None)
+    return Admission((operator.channel,), None, lease, [*SSE_HEADERS])
 
 
 def static(request: Request, allowed_origins: tuple[str, ...]) -> Response:

@@ -28,6 +28,7 @@ KEPT = frozenset(
         "if-none-match",
         "accept-encoding",
         "x-forwarded-for",
+        "x-forwarded-proto",  # the operator's page: its cookie Secure behind TLS
     }
 )
 

@@ -6,6 +6,9 @@
   whose name is one of our endpoints (``events``, ``healthz``, ``metrics``,
   ``publish``) are reachable under ``/events/`` only.
 - ``GET /healthz``, ``GET /metrics``.
+- ``GET /admin``, ``GET /admin/stream``: the operator's page and its updates (off unless
+  configured, see :mod:`sserelay.admin`); a channel named ``admin`` is at
+  ``/events/admin``.
 - ``GET /sserelay.js``, ``GET /sserelay.classic.js``: the browser client
   (:mod:`~sserelay.http.assets`).
 - ``POST /publish``: publish one event (see :mod:`sserelay.http.publish`); every other
@@ -21,7 +24,7 @@ from ..errors import HttpError, InvalidChannel
 from ..wire.channels import validate_channel
 from .assets import NAMES as ASSET_NAMES
 
-RESERVED_PATHS = frozenset({"events", "healthz", "metrics", "publish"})
+RESERVED_PATHS = frozenset({"admin", "events", "healthz", "metrics", "publish"})
 MAX_QUERY_FIELDS = 256
 
 
@@ -47,7 +50,15 @@ class AssetRoute:
     query: tuple[tuple[str, str], ...] = ()
 
 
-Route = StreamRoute | Endpoint | AssetRoute
+@dataclass(frozen=True, slots=True)
+class AdminRoute:
+    """The operator's page (``stream`` False) or its stream of updates."""
+
+    stream: bool
+    query: tuple[tuple[str, str], ...] = ()
+
+
+Route = StreamRoute | Endpoint | AssetRoute | AdminRoute
 
 
 def _decode(raw: str, what: str) -> str:
@@ -92,6 +103,8 @@ def route(method: str, path: str, query: str, *, max_channels: int) -> Route:
     params = _query(query)
     if path == "/healthz" or path == "/metrics":
         return Endpoint(path[1:])
+    if path == "/admin" or path == "/admin/stream":
+        return AdminRoute(path == "/admin/stream", tuple(params))
     if path[1:] in ASSET_NAMES:  # "sserelay.*" is no channel name, so no channel is hidden
         return AssetRoute(path[1:], tuple(params))
     if path == "/events" or path == "/events/":

@@ -3,7 +3,9 @@
 - ``events/<channel>``: one channel;
 - ``events/?channel=a&channel=b``: several channels on one stream;
 - ``sserelay.js``, ``sserelay.classic.js``: the browser client; ``token?channel=a``: a fresh
-  token for it (see :mod:`~sserelay.contrib.django.client`).
+  token for it (see :mod:`~sserelay.contrib.django.client`);
+- ``admin``, ``admin/stream``: the operator's page and its updates, when
+  ``SSERELAY["ADMIN"]`` is on (docs/admin.md).
 """
 
 from __future__ import annotations
@@ -20,4 +22,6 @@ urlpatterns = [
     path("sserelay.js", client.script, {"name": "sserelay.js"}, name="script"),
     path("sserelay.classic.js", client.script, {"name": "sserelay.classic.js"}, name="classic"),
     path("token", client.token, name="token"),
+    path("admin", views.operator, name="admin"),
+    path("admin/stream", views.operator, {"stream": True}, name="admin-stream"),
 ]

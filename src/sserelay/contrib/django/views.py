@@ -33,7 +33,7 @@ from ...http.responses import error_body
 from ...relay import Relay
 from .runtime import RelayRuntime, runtime
 
-__all__ = ["DjangoStream", "RequestState", "stream"]
+__all__ = ["DjangoStream", "RequestState", "operator", "stream"]
 
 log = logging.getLogger("sserelay.django")
 
@@ -98,11 +98,6 @@ def _path(request: HttpRequest, channel: str | None) -> str:
     return "/events/" + quote(channel, safe="")
 
 
-def _request(request: HttpRequest, channel: str | None, max_header_bytes: int) -> Request:
-    """The request as every front hands it to :func:`~sserelay.http.front.dispatch`."""
-    return front_request(request, _path(request, channel), max_header_bytes)
-
-
 def front_request(request: HttpRequest, path: str, max_header_bytes: int) -> Request:
     """``request`` as the fronts share it, for ``path`` (as the relay would see it); its
     headers through the one extraction (HttpError 431 past ``max_header_bytes``)."""
@@ -122,6 +117,21 @@ async def stream(
     request: HttpRequest, channel: str | None = None
 ) -> HttpResponse | StreamingHttpResponse:
     """``GET events/<channel>`` or ``GET events/?channel=a&channel=b``: an SSE stream."""
+    return await _answer(request, lambda: _path(request, channel))
+
+
+async def operator(
+    request: HttpRequest, stream: bool = False
+) -> HttpResponse | StreamingHttpResponse:
+    """``GET admin`` (the operator's page) or ``GET admin/stream`` (its updates), when
+    ``SSERELAY["ADMIN"]`` is on (docs/admin.md)."""
+    return await _answer(request, lambda: "/admin/stream" if stream else "/admin")
+
+
+async def _answer(
+    request: HttpRequest, path: Callable[[], str]
+) -> HttpResponse | StreamingHttpResponse:
+    """What every request of the view gets, through the fronts' one path."""
     rt = runtime()
     if not isinstance(request, ASGIRequest):
         log.error("the sserelay stream view needs ASGI; under WSGI use `sserelay serve`")
@@ -135,13 +145,13 @@ async def stream(
         body = error_body(f"relay cannot start: {reason}")
         return HttpResponse(body, status=503, content_type="application/json")
     try:
-        head = _request(request, channel, relay.settings.max_header_bytes)
+        head = front_request(request, path(), relay.settings.max_header_bytes)
     except HttpError as exc:  # a head over max_header_bytes: 431, as on the other fronts
         return django_response(refusal(relay, exc, None))
     outcome = dispatch(relay, head)
     if isinstance(outcome, Response):
         return django_response(outcome)
-    assert isinstance(outcome, Admission)  # /events... is a stream route: never POST /publish
+    assert isinstance(outcome, Admission)  # a stream route: never POST /publish
     sub = DjangoStream(outcome.channels, limit=relay.settings.max_client_buffer)
     state = request.scope.get(STATE_KEY)
     if isinstance(state, RequestState):
