@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 import timeit
 
@@ -96,4 +97,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     main()

@@ -11,7 +11,9 @@
   publish  publish ceiling against publisher connections (1 to 16): PostgreSQL raw NOTIFY
            and durable ``sserelay.publish`` (bench/publish_bench.py), Redis raw PUBLISH and
            the durable script (bench/redis_publish_bench.py's publishers, one process
-           each), and redis-benchmark (C) for Redis's own ceiling. Redis Cluster: to come.
+           each), and redis-benchmark (C) for Redis's own ceiling; then Redis Cluster (3
+           masters, 3 replicas started for the run: bench/cluster_bench.py), raw SPUBLISH
+           and the durable script from the same Python client, and redis-benchmark --cluster
 
 Every run is a bench/loadgen.py run through bench/run.py's machinery (own server on a
 free port, hard deadlines); results go to bench/results/curves-<timestamp>/ (one JSON line
@@ -132,6 +134,13 @@ def sweep_publish(session: run.Session, seconds: float) -> None:
                     f.write(json.dumps(line) + "\n")
     finally:
         rpb.cleanup(session.redis, prefix)
+    cmd = [str(run.PYTHON), str(BENCH / "cluster_bench.py"), "--repeats", "1"]
+    cmd += ["--seconds", f"{seconds:g}", "--out", str(out)]
+    session.say(f"$ {shlex.join(cmd)}")
+    done = subprocess.run(cmd, capture_output=True, timeout=900)
+    session.say(done.stdout.decode()[-2000:])
+    if done.returncode != 0:
+        session.say(f"!! cluster_bench: {done.stderr.decode()[-300:]}")
 
 
 def redis_benchmark(url: str, connections: int) -> list[dict[str, Any]]:
@@ -166,6 +175,10 @@ LABELS = {
     "redis-raw": "Redis PUBLISH (redis-py, 1 process each)",
     "redis-durable": "Redis durable script (redis-py, 1 process each)",
     "redis-benchmark": "Redis PUBLISH (redis-benchmark, C)",
+    "cluster-raw": "Redis Cluster SPUBLISH (redis-py, 1 process each)",
+    "cluster-durable": "Redis Cluster durable script (redis-py, 1 process each)",
+    "cluster-benchmark": "Redis Cluster SPUBLISH (redis-benchmark --cluster, C)",
+    "cluster-benchmark-durable": "Redis Cluster durable script (redis-benchmark --cluster, C)",
 }
 
 
@@ -224,7 +237,7 @@ def plot(results: Path) -> list[Path]:
             lambda r: r["events_per_s"],
             "publisher connections (one channel each)",
             "events published per second",
-            "Publish ceiling against publishers (Redis Cluster: to come)",
+            "Publish ceiling against publishers",
         ),
     }
     written = []
@@ -235,7 +248,7 @@ def plot(results: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(8, 5))
         for server, points in data.items():
             xs, ys = zip(*points, strict=True)
-            style = "--" if server == "redis-benchmark" else "-"
+            style = "--" if "benchmark" in server else "-"
             ax.plot(xs, ys, style, marker="o", label=LABELS.get(server, server))
         if curve == "rss":
             pss = series(lines, "rss", lambda r: r["server_rss_mb"]["pss_subscribed"])

@@ -15,6 +15,7 @@ shared machine than a load run, but still only a guide.
 
 from __future__ import annotations
 
+import argparse
 import timeit
 from typing import Any
 
@@ -72,4 +73,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     main()

@@ -56,8 +56,9 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sserelay.bus.postgres import schema
+from sserelay.bus.postgres.statements import NOTIFY as NOTIFY_SQL
 from sserelay.bus.postgres.statements import PUBLISH as PUBLISH_SQL
-from sserelay.bus.publish import NOTIFY_SQL, encode_payload
+from sserelay.bus.publish import encode_payload
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
