@@ -5,9 +5,13 @@ subject may publish (:class:`RateLimiter`). Every check is O(1) in what is count
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from .. import jitter
 from ..errors import HttpError
+
+if TYPE_CHECKING:
+    from .tokens import Access
 
 
 def retry_after() -> tuple[tuple[str, str], ...]:
@@ -18,7 +22,17 @@ def retry_after() -> tuple[tuple[str, str], ...]:
 class Lease:
     """One admitted stream's place in the limits (a :class:`~sserelay.core.protocols.Lease`)."""
 
-    __slots__ = ("channels", "client", "deadline", "limits", "owner", "released", "subject")
+    __slots__ = (
+        "access",
+        "channels",
+        "client",
+        "deadline",
+        "limits",
+        "opened",
+        "owner",
+        "released",
+        "subject",
+    )
 
     def __init__(
         self,
@@ -37,6 +51,10 @@ class Lease:
         self.channels = channels
         self.owner = owner
         self.released = False
+        #: The verified token the stream was admitted with (None: no token), and when it
+        #: was opened (seconds since the epoch): what a revocation is checked against.
+        self.access: Access | None = None
+        self.opened = time.time()
 
     def release(self) -> None:
         """Give the place back (idempotent)."""

@@ -10,6 +10,8 @@
   (:mod:`~sserelay.http.assets`).
 - ``POST /publish``: publish one event (see :mod:`sserelay.http.publish`); every other
   method on ``/publish`` is a 405 with ``Allow: POST``.
+- ``POST /revoke``: revoke tokens, with an admin token (see :mod:`sserelay.http.revoke`);
+  the same 405 for any other method.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from ..errors import HttpError, InvalidChannel
 from ..wire.channels import validate_channel
 from .assets import NAMES as ASSET_NAMES
 
-RESERVED_PATHS = frozenset({"events", "healthz", "metrics", "publish"})
+RESERVED_PATHS = frozenset({"events", "healthz", "metrics", "publish", "revoke"})
+#: Endpoints whose request has a body, read by the front before the answer.
+WITH_BODY = ("/publish", "/revoke")
 MAX_QUERY_FIELDS = 256
 
 
@@ -38,7 +42,7 @@ class StreamRoute:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    name: str  # "healthz", "metrics" or "publish"
+    name: str  # "healthz", "metrics", "publish" or "revoke"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +83,9 @@ def route(method: str, path: str, query: str, *, max_channels: int) -> Route:
     """Map a request to a route, or raise :class:`HttpError` (404, 405, 400)."""
     if not path.startswith("/"):
         raise HttpError(400, "request target must be an absolute path")
-    if path == "/publish":
+    if path in WITH_BODY:
         if method == "POST":
-            return Endpoint("publish")
+            return Endpoint(path[1:])
         raise HttpError(
             405, f"method {method[:20]!r} not allowed; use POST", (("Allow", "POST, OPTIONS"),)
         )
