@@ -81,7 +81,7 @@ async def publish(relay: Relay, request: Request, receive: Receive, send: Send) 
     the limit, within the head timeout) and let the publisher answer."""
     publisher = relay.publisher
     reply: Reply | None = None
-    refused = publisher.precheck(request.headers)
+    refused = publisher.precheck(request.headers, request.path)
     if refused is None:
         try:
             async with asyncio.timeout(relay.settings.header_timeout):

@@ -131,8 +131,9 @@ class HttpConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.method = self.parser.get_method()
         self.headers = self.head.finish()
-        if self.method == b"POST" and self._path().decode("latin-1") in WITH_BODY:
-            refused = self.relay.publisher.precheck(self.headers)
+        path = self._path().decode("latin-1")
+        if self.method == b"POST" and path in WITH_BODY:
+            refused = self.relay.publisher.precheck(self.headers, path)
             if refused is not None:
                 self.fail(refused)
                 return

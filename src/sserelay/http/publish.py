@@ -103,10 +103,11 @@ class Publisher:
 
     # -- the request -----------------------------------------------------------------
 
-    def precheck(self, headers: Mapping[str, str]) -> HttpError | None:
+    def precheck(self, headers: Mapping[str, str], path: str = "/publish") -> HttpError | None:
         """What to refuse from the head alone, before reading the body (None: read it)."""
         if not self.enabled:
-            return HttpError(403, DISABLED_REASON)
+            verb = "revoking" if path == "/revoke" else "publishing"
+            return HttpError(403, DISABLED_REASON.replace("publishing", verb))
         length = headers.get("content-length")
         if length is not None:
             text = length.strip()
@@ -193,9 +194,7 @@ class Publisher:
         return Reply(200, reply_headers, body_out)
 
     async def _revoke(self, headers: Mapping[str, str], query: str, body: bytes) -> Reply:
-        if not self.enabled:
-            raise HttpError(403, DISABLED_REASON.replace("publishing", "revoking"))
-        refused = self.precheck(headers)
+        refused = self.precheck(headers, "/revoke")
         if refused is not None:
             raise refused
         if self.revoke is None:
