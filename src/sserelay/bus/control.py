@@ -94,8 +94,9 @@ class RevocationFeed(ABC):
             try:
                 await self._session()
             except SchemaMissing as exc:
+                if self.last_error != str(exc):  # said once, not every reload_interval
+                    log.warning("revocations are not available: %s", exc)
                 self.last_error = str(exc)
-                log.warning("revocations are not available: %s", exc)
             except self.errors as exc:
                 self.last_error = one_line(exc)
             except Exception as exc:  # not a lost connection: a bug or a surprise
@@ -105,10 +106,11 @@ class RevocationFeed(ABC):
             finally:
                 self.connected = False
             failures = 0 if self.loads > loads else failures + 1
-            if failures == 1:
+            missing = "schema is not installed" in (self.last_error or "")
+            if failures == 1 and not missing:
                 log.warning("revocation feed: %s; reconnecting", self.last_error)
             delay = min(self.reconnect_max, self.reconnect_min * 2 ** min(failures, 16))
-            if isinstance(self.last_error, str) and "schema is not installed" in self.last_error:
+            if missing:
                 delay = self.reload_interval
             await asyncio.sleep(delay * jitter.uniform(0.5, 1.0))
 
