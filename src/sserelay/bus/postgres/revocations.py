@@ -40,6 +40,12 @@ _REVOKE = {
 }
 
 
+def revoke_statement(kind: str) -> str:
+    """The statement revoking a ``kind`` (parameters: the value, seconds kept), as text
+    (for connections that are not psycopg's, Django's)."""
+    return _REVOKE[kind].as_string(None)
+
+
 def revoke_on(conn: str | psycopg.Connection[Any], kind: str, value: str, keep: float) -> float:
     """``sserelay.revoke`` on ``conn`` (a DSN: committed at once; a connection: with its
     transaction); the revocation's time."""
