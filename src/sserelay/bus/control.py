@@ -93,6 +93,7 @@ class RevocationFeed(ABC):
             loads = self.loads
             try:
                 await self._session()
+                continue  # a reload is due: subscribe and read again, at once
             except SchemaMissing as exc:
                 if self.last_error != str(exc):  # said once, not every reload_interval
                     log.warning("revocations are not available: %s", exc)
@@ -135,7 +136,8 @@ class RevocationFeed(ABC):
     @abstractmethod
     async def _session(self) -> None:
         """Connect, subscribe to the control channel, then load (:meth:`_loaded`) and
-        hand over messages (:meth:`_notified`) until something fails."""
+        hand over messages (:meth:`_notified`) until something fails, or return when
+        the revocations are to be read again."""
 
     @abstractmethod
     async def revoke(self, kind: str, value: str) -> float:

@@ -13,6 +13,7 @@ feed subscribes on the node its URL names.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -63,6 +64,15 @@ def revoke_with(bus: RedisBus, kind: str, value: str, keep: float) -> float:
     return float(at)
 
 
+def _not_cancelled() -> None:
+    """Raise the cancellation redis-py swallowed: a cancel landing while redis-py 8 opens
+    a connection is lost inside it (its timeout context), and the task would then wait
+    on its next read for ever, holding up the relay's shutdown."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _parse(member: bytes, score: float) -> Revocation | None:
     kind, _, value = member.decode(errors="replace").partition(":")
     try:
@@ -91,7 +101,13 @@ class RedisRevocations(RevocationFeed):
             client_name="sserelay-revocations",
         )
         data: Any = single
-        if (await adetect(single)).clustered:
+        try:
+            clustered = (await adetect(single)).clustered
+            _not_cancelled()
+        except BaseException:
+            await single.aclose()
+            raise
+        if clustered:
             data = acluster_client(self.url, socket_timeout=self.timeout)
         return single, data
 
@@ -100,9 +116,16 @@ class RedisRevocations(RevocationFeed):
         pubsub = single.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(self.prefix + CONTROL_CHANNEL)
-            while True:
-                self._loaded(await self._load(data))
-                await self._listen(pubsub)
+            _not_cancelled()
+            found = await self._load(data)
+            _not_cancelled()
+            self._loaded(found)
+            # Until a reload is due; then the next session subscribes and reads afresh (a
+            # read cut short leaves redis-py's connection to reconnect on its own, and
+            # messages sent meanwhile would be lost: so never reuse it).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._next_reload()):
+                    await self._listen(pubsub)
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
             if data is not single:
@@ -110,12 +133,11 @@ class RedisRevocations(RevocationFeed):
             await single.aclose()
 
     async def _listen(self, pubsub: Any) -> None:
-        """Hand over control messages until it is time to read the set again."""
-        loop = asyncio.get_running_loop()
-        until = loop.time() + self._next_reload()
-        while (left := until - loop.time()) > 0:
-            message = await pubsub.get_message(timeout=min(left, 1.0))
-            if message is not None and message.get("type") == "message":
+        """Hand over control messages (a blocking read: get_message's own timeout can
+        swallow a cancellation)."""
+        async for message in pubsub.listen():
+            _not_cancelled()
+            if message.get("type") == "message":
                 data = message["data"]
                 self._notified(data.decode(errors="replace") if isinstance(data, bytes) else data)
 
