@@ -107,9 +107,9 @@ async def run(args: argparse.Namespace) -> None:
             kept = [
                 await open_stream(p, keeper, channel) for p in ports for _ in range(args.streams)
             ]
-            target: object = RedisBus(args.redis, prefix=prefix) if args.redis else args.dsn
+            target: str | RedisBus = RedisBus(args.redis, prefix=prefix) if args.redis else args.dsn
             began = time.monotonic()
-            await asyncio.to_thread(sserelay.revoke, target, subject=subject)  # type: ignore[arg-type]
+            await asyncio.to_thread(sserelay.revoke, target, subject=subject)
             call = time.monotonic() - began
             ends = await asyncio.gather(*(ended(r) for r in victims))
             took = sorted(end - began for end in ends)
