@@ -286,8 +286,9 @@ class Relay:
             return covering.covers(lease.access, sub.channels, lease.opened)
 
         ended = self.hub.end_where(covered, lambda: farewell(self.settings.retry_ms))
-        named = ", ".join(f"{r.kind} {r.value[:80]!r}" for r in new[:5])
-        log.info("revoked %s: ended %d streams", named, ended)
+        if ended or not reload:  # a start-up's load of old revocations is no news
+            named = ", ".join(f"{r.kind} {r.value[:80]!r}" for r in new[:5])
+            log.info("revoked %s: ended %d streams", named, ended)
 
     def connection_closed(self, conn: HttpConnection) -> None:
         self.connections.discard(conn)
