@@ -316,8 +316,10 @@ def test_minted_claims() -> None:
     payload = jwt.decode(token, options={"verify_signature": False})
     assert header["alg"] == "HS256"
     assert payload["aud"] == "sserelay"
-    assert before <= payload["iat"] == payload["nbf"] <= time.time()
-    assert payload["exp"] == payload["iat"] + 91  # rounded up, never shorter than asked
+    assert before <= payload["nbf"] <= payload["iat"] <= time.time()
+    # iat to the millisecond (revocations compare it), nbf and exp whole seconds
+    assert payload["nbf"] == int(payload["iat"]) and payload["iat"] == round(payload["iat"], 3)
+    assert payload["exp"] == payload["nbf"] + 91  # rounded up, never shorter than asked
     assert payload["sserelay"] == {"subscribe": ["a"], "publish": []}
     assert "sub" not in payload
 

@@ -283,6 +283,55 @@ def test_publish_unreachable_database() -> None:
     assert "Traceback" not in result.stderr
 
 
+# -- revoke --------------------------------------------------------------------------
+
+
+def test_revoke(durable_dsn: str) -> None:
+    subject = f"u{uuid.uuid4().hex[:8]}"
+    result = run("revoke", "--sub", subject, "--dsn", durable_dsn)
+    assert result.returncode == 0, result
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00\n", result.stdout)
+    for args in (["--jti", "j1"], ["--channel", "room-*"]):
+        assert run("revoke", *args, "--dsn", durable_dsn).returncode == 0
+    with psycopg.connect(durable_dsn) as conn:
+        rows = conn.execute("SELECT kind, value FROM sserelay.revocations ORDER BY kind").fetchall()
+    assert rows == [("channel", "room-*"), ("jti", "j1"), ("subject", subject)]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sub", ""], "the subject to revoke must be a non-empty string"),
+        (["--jti", "a\tb"], "the jti to revoke must be at most 255 characters without control"),
+        (["--channel", "x" * 300], "the channel pattern to revoke is invalid"),
+        (["--sub", "u1", "--ttl", "0"], "is not a positive duration"),
+    ],
+)
+def test_revoke_errors(durable_dsn: str, args: list[str], message: str) -> None:
+    result = run("revoke", *args, "--dsn", durable_dsn)
+    assert result.returncode == 2, result
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_revoke_needs_one_thing_and_the_schema(dsn: str) -> None:
+    result = run("revoke", "--dsn", dsn)
+    assert result.returncode == 2 and "one of the arguments --sub --jti --channel" in result.stderr
+    result = run("revoke", "--sub", "a", "--jti", "b", "--dsn", dsn)
+    assert result.returncode == 2 and "not allowed with argument" in result.stderr
+    with sserelay_temporary(dsn) as bare:
+        result = run("revoke", "--sub", "u1", "--dsn", bare)
+        assert_one_line_error(result, "the sserelay schema is not installed")
+
+
+@contextlib.contextmanager
+def sserelay_temporary(dsn: str) -> Iterator[str]:
+    from sserelay.testing import temporary_database
+
+    with temporary_database(dsn) as bare:
+        yield bare
+
+
 # -- listen --------------------------------------------------------------------------
 
 _HEADER = r"^\[\d\d:\d\d:\d\d\.\d{3}\] "
@@ -383,7 +432,7 @@ def test_log_level_after_the_command(dsn: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", ["serve", "publish", "listen", "migrate", "prune", "token", "demo"]
+    "command", ["serve", "publish", "listen", "migrate", "prune", "token", "revoke", "demo"]
 )
 def test_every_command_has_help(command: str) -> None:
     """Each subcommand describes itself, every argument has help text, and the

@@ -26,6 +26,7 @@ EXPECTED = [
     "mint_token",
     "publish",
     "publish_durable",
+    "revoke",
     "validate_channel",
 ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .access.tokens import mint_token
 from .bus.publish import apublish, apublish_durable, encode_payload, publish, publish_durable
+from .bus.revocations import revoke
 from .errors import (
     BrokerUnavailable,
     ConfigError,
@@ -34,5 +35,6 @@ __all__ = [
     "mint_token",
     "publish",
     "publish_durable",
+    "revoke",
     "validate_channel",
 ]

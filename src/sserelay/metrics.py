@@ -37,7 +37,18 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
         "Streams ended at their deadline (token expiry or max_stream_lifetime).",
         "hub.streams_expired",
     ),
+    (
+        "streams_revoked",
+        "Streams ended because a revocation covered them (ending reason: revoked).",
+        "hub.streams_revoked",
+    ),
     ("http_published", "Events published through POST /publish.", "publisher.published"),
+    ("http_revoked", "Revocations made through POST /revoke.", "publisher.revoke.revoked"),
+    (
+        "revocation_reloads",
+        "Times the relay read every revocation from the bus (start, reconnect, periodic).",
+        "revocation_feed.loads",
+    ),
     (
         "listener_reconnects",
         "Times the listener reconnected after losing its connection.",
@@ -63,6 +74,12 @@ GAUGES: tuple[tuple[str, str, str], ...] = (
     ("streams_open", "Open SSE streams.", "hub.stream_count"),
     ("channels", "Channels with at least one subscriber.", "hub.channel_count"),
     ("tasks_running", "Short tasks running (catch-ups, gap fills, publishes).", "tasks.jobs"),
+    ("revocations", "Revocations in force on this relay.", "revocation_count"),
+    (
+        "revocation_feed_connected",
+        "1 while the relay is subscribed to the bus's revocations.",
+        "revocation_feed.connected",
+    ),
 )
 
 

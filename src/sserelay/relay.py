@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import bus as buses
 from . import jitter
+from .access import limits
 from .access.admission import StreamAccess
 from .access.policy import policy_from_settings, token_from
+from .access.revocations import Revocation, Revocations, farewell
 from .admin import Operator
 from .config import Settings
 from .core.catchup import CatchUp, subscribe
@@ -38,6 +40,7 @@ from .core.supervisor import Supervisor
 from .errors import AuthError, BrokerUnavailable, SchemaMissing
 from .http.native import HttpConnection, protocol_factory
 from .http.publish import Publisher
+from .http.revoke import RevokeEndpoint
 from .metrics import CONTENT_TYPE, RelayMetrics
 
 if TYPE_CHECKING:
@@ -104,10 +107,19 @@ class Relay:
         self.delivery.attach(self.listener, self.log)
         #: Who may read which channels (built once), and the stream limits.
         self.policy = policy_from_settings(settings)
-        self.access = StreamAccess(settings, self.policy, endings=self.hub.endings)
-        #: ``POST /publish``, on the bus's own connections.
+        #: Tokens withdrawn before they expire, kept up to date from the bus by a feed.
+        self.revocations = Revocations()
+        self.revocation_feed = buses.revocation_feed(settings, dsn, self._revoked)
+        self.access = StreamAccess(
+            settings, self.policy, endings=self.hub.endings, revocations=self.revocations
+        )
+        #: ``POST /publish`` and ``POST /revoke``, on the bus's own connections.
         self.publisher = Publisher(
             settings, self.bus.publish, self.policy, raw_limit=self.bus.raw_limit
+        )
+        self.publisher.revocations = self.revocations
+        self.publisher.revoke = RevokeEndpoint(
+            self.policy, self.revocations, self.revocation_feed.revoke
         )
         self.connections: set[HttpConnection] = set()
         self.rejected: Counter[int] = Counter()
@@ -168,6 +180,7 @@ class Relay:
         await self.log.open()
         self.tasks.service("listener", self.listener.run)
         self.tasks.service("heartbeats", self.hub.run_heartbeats)
+        self.tasks.service("revocations", self.revocation_feed.run)
         if self.operator is not None:
             self.operator.start()
         if self.settings.retention_age is not None or self.settings.retention_count is not None:
@@ -262,6 +275,33 @@ class Relay:
             if deleted:
                 log.info("pruned %d events from the log", deleted)
 
+    # -- revocations -------------------------------------------------------------------
+
+    @property
+    def revocation_count(self) -> int:
+        return len(self.revocations)
+
+    def _revoked(self, found: list[Revocation], reload: bool) -> None:
+        """Revocations from the bus (all of them on a reload): keep them, and end now the
+        streams that the new ones cover."""
+        if reload:
+            new = self.revocations.replace(found)
+        else:
+            new = [revocation for revocation in found if self.revocations.add(revocation)]
+        if not new:
+            return
+        covering = Revocations(new)
+
+        def covered(sub: Subscriber, lease: Lease | None) -> bool:
+            if not isinstance(lease, limits.Lease):
+                return False  # not admitted by this relay's checks (a test's subscriber)
+            return covering.covers(lease.access, sub.channels, lease.opened)
+
+        ended = self.hub.end_where(covered, lambda: farewell(self.settings.retry_ms))
+        if ended or not reload:  # a start-up's load of old revocations is no news
+            named = ", ".join(f"{r.kind} {r.value[:80]!r}" for r in new[:5])
+            log.info("revoked %s: ended %d streams", named, ended)
+
     def connection_closed(self, conn: HttpConnection) -> None:
         self.connections.discard(conn)
         if not self.connections:
@@ -303,6 +343,7 @@ class Relay:
                 pid=os.getpid(),
                 bus=self.listener.status(),
                 task_failures=dict(self.tasks.failures),
+                revocations=dict(self.revocation_feed.status(), count=len(self.revocations)),
                 last_failure=self.tasks.last_failure,
             )
             if self.capturer is not None:
@@ -325,6 +366,7 @@ class Relay:
         if verifier is None or token is None:
             return False
         try:
-            return verifier.verify(token).admin
+            access = verifier.verify(token)
         except AuthError:
             return False
+        return access.admin and self.revocations.refusal(access) is None

@@ -76,7 +76,7 @@ def test_token_endpoint() -> None:
             reply.json()["token"], SECRET, algorithms=["HS256"], audience="sserelay"
         )
         assert claims["sserelay"]["subscribe"] == ["a", "b"]
-        assert claims["exp"] - claims["iat"] == 60
+        assert claims["exp"] - claims["nbf"] == 60
         assert client.get("/sse/token").status_code == 400
         assert "invalid channel" in client.get("/sse/token?channel=").json()["error"]
     with override_settings(

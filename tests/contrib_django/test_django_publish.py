@@ -253,3 +253,29 @@ def test_migration_is_idempotent(django_dsn: str) -> None:
     assert install_schema(connection) == schema.latest_version()
     with psycopg.connect(django_dsn) as conn:
         assert schema.installed_version(conn) == schema.latest_version()
+
+
+def test_revoke_in_atomic_goes_out_on_commit(django_dsn: str) -> None:
+    from django.db import transaction
+
+    from sserelay import ConfigError
+    from sserelay.contrib.django import revoke
+
+    subject = f"u{uuid.uuid4().hex[:8]}"
+    control = Listener(django_dsn, "sserelay.revoked")
+    try:
+        with transaction.atomic():
+            at = revoke(subject=subject)
+            assert control.pending() == []  # not committed: no relay hears of it yet
+        message = control.next()
+        assert (message["kind"], message["value"]) == ("subject", subject)
+        assert abs(message["at"] - at) < 0.001
+        with psycopg.connect(django_dsn) as other:
+            row = other.execute(
+                "SELECT kind FROM sserelay.revocations WHERE value = %s", (subject,)
+            ).fetchone()
+        assert row == ("subject",)
+        with pytest.raises(ConfigError, match="exactly one of subject, jti or channel"):
+            revoke()
+    finally:
+        control.close()

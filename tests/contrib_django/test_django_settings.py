@@ -193,6 +193,7 @@ def test_public_api() -> None:
         "last_event_id",
         "publish",
         "publish_changes",
+        "revoke",
         "stream_url",
         "token_for",
     ]

@@ -22,9 +22,11 @@ from ..core.endings import Endings
 from ..errors import AuthError, HttpError
 from .limits import Lease, StreamLimits
 from .policy import ChannelPolicy, policy_from_settings, token_from
+from .revocations import Revocations
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from .tokens import Access
 
 __all__ = ["StreamAccess"]
 
@@ -44,11 +46,14 @@ class StreamAccess:
         policy: ChannelPolicy | None = None,
         *,
         endings: Endings | None = None,
+        revocations: Revocations | None = None,
     ) -> None:
         self.settings = settings
         #: Where a refusal by the limits is recorded (reason ``limit``), if anywhere.
         self.endings = endings
         self.policy = policy if policy is not None else policy_from_settings(settings)
+        #: Tokens withdrawn before they expire (kept up to date by the relay from its bus).
+        self.revocations = revocations if revocations is not None else Revocations()
         self.limits = StreamLimits(
             settings.max_streams,
             settings.max_streams_per_client,
@@ -73,6 +78,8 @@ class StreamAccess:
         token = token_from(headers, query, self.settings.token_cookie)
         try:
             access = self.policy.authorise_subscribe(channels, token)
+            if access is not None:
+                access = self._unless_revoked(access, channels)
         except AuthError as exc:
             self._refused(exc.status, exc.reason, exc.subject, client)
             challenge = "Bearer" if token is None else 'Bearer error="invalid_token"'
@@ -93,10 +100,21 @@ class StreamAccess:
                 self.endings.record("limit", channels, token_subject, client)
             raise
         lease.sub, lease.peer = token_subject, client
+        lease.access = access
         log.debug(
             "stream on %s: sub=%s client=%s", ",".join(channels)[:200], subject or "-", client
         )
         return lease
+
+    def _unless_revoked(self, access: Access, channels: tuple[str, ...]) -> Access | None:
+        """``access``, or AuthError(401) if it was revoked; on public channels only, a
+        revoked token is ignored as an invalid one is (the stream is anonymous)."""
+        reason = self.revocations.refusal(access, channels)
+        if reason is None:
+            return access
+        if all(self.policy.is_public(channel) for channel in channels):
+            return None
+        raise AuthError(401, reason, subject=access.subject)
 
     def _deadline(self, expires_at: float | None) -> float | None:
         """The monotonic time a stream admitted now must end by, or None."""

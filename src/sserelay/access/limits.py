@@ -5,9 +5,13 @@ subject may publish (:class:`RateLimiter`). Every check is O(1) in what is count
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from .. import jitter
 from ..errors import HttpError
+
+if TYPE_CHECKING:
+    from .tokens import Access
 
 
 def retry_after() -> tuple[tuple[str, str], ...]:
@@ -19,10 +23,12 @@ class Lease:
     """One admitted stream's place in the limits (a :class:`~sserelay.core.protocols.Lease`)."""
 
     __slots__ = (
+        "access",
         "channels",
         "client",
         "deadline",
         "limits",
+        "opened",
         "owner",
         "peer",
         "released",
@@ -51,6 +57,10 @@ class Lease:
         #: client's address, whatever the limits count. Set by the admission.
         self.sub: str | None = None
         self.peer: str | None = None
+        #: The verified token the stream was admitted with (None: no token), and when it
+        #: was opened (seconds since the epoch): what a revocation is checked against.
+        self.access: Access | None = None
+        self.opened = time.time()
 
     def release(self) -> None:
         """Give the place back (idempotent)."""

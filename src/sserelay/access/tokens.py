@@ -3,12 +3,15 @@
 A token is a JWT signed with HS256 (a shared secret) or RS256/ES256 (the relay holds
 only the public key). Its claims::
 
-    {"aud": "sserelay", "exp": 1700003600, "nbf": 1700000000, "iat": 1700000000,
-     "sub": "alice",
+    {"aud": "sserelay", "exp": 1700003600, "nbf": 1700000000, "iat": 1700000000.125,
+     "sub": "alice", "jti": "4f1c0e...",
      "sserelay": {"subscribe": ["lobby", "room-*"], "publish": ["lobby"]}}
 
 ``exp``, ``aud`` and ``sserelay`` are required; ``sub`` is optional (it names the bearer
-in logs and per-subject limits). A channel pattern is an exact channel name, or a name
+in logs and per-subject limits). ``iat`` (when it was issued, fractions of a second
+allowed) and ``jti`` (the token's own id) are optional: a revocation
+(:mod:`sserelay.access.revocations`) names a subject or a jti and refuses the tokens
+issued before it. A channel pattern is an exact channel name, or a name
 with ``*`` wildcards, each matching any run of zero or more characters (``room-*``,
 ``*-feed``, ``user/*/inbox``, ``*``). Nothing else is special: ``?``, ``[`` and ``\\`` are
 literal, and there is no escape, so a pattern cannot grant a channel whose name contains
@@ -67,8 +70,12 @@ class Access:
     expires_at: int
     subscribe: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
-    #: The ``admin`` grant: the operator's views (``/healthz`` details).
+    #: The ``admin`` grant: the operator's views (``/healthz`` details), ``POST /revoke``.
     admin: bool = False
+    #: The token's ``iat`` (seconds since the epoch, maybe fractional), if it has one.
+    issued_at: float | None = None
+    #: The token's ``jti``, if it has one.
+    jti: str | None = None
 
     def can_subscribe(self, channel: str) -> bool:
         return matches_any(self.subscribe, channel)
@@ -190,12 +197,24 @@ def _access(claims: Mapping[str, Any]) -> Access:
     admin = grants.get("admin", False)
     if not isinstance(admin, bool):
         raise _invalid(f"malformed token: {CLAIM}.admin must be true or false")
+    jti = claims.get("jti")
+    if jti is not None and (
+        not isinstance(jti, str) or len(jti) > MAX_SUBJECT_CHARS or CONTROL.search(jti)
+    ):
+        raise _invalid(
+            f"malformed token: jti must be a string of at most {MAX_SUBJECT_CHARS} "
+            "characters without control characters"
+        )
+    iat = claims.get("iat")  # a number if present: pyjwt checked it
+    issued_at = float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else None
     return Access(
         subject=subject,
         expires_at=int(exp),
         subscribe=_granted(grants, "subscribe"),
         publish=_granted(grants, "publish"),
         admin=admin,
+        issued_at=issued_at,
+        jti=jti,
     )
 
 
@@ -221,8 +240,13 @@ def mint_token(
     subject: str | None = None,
     algorithm: str = "HS256",
     admin: bool = False,
+    jti: str | None = None,
 ) -> str:
     """A token allowing ``subscribe`` and ``publish`` (channel patterns) for ``ttl`` seconds.
+
+    Its ``iat`` has millisecond precision, so that a token minted right after a revocation
+    (:func:`sserelay.revoke`) counts as issued after it; ``jti`` names the token, for a
+    revocation of this one token.
 
     ``key`` is the shared secret for HS256, or a PEM private key (RSA for RS256, EC P-256
     for ES256). For apps: hand the token to the browser, which sends it as a cookie or
@@ -239,10 +263,11 @@ def mint_token(
         signing_key, key_algorithm = load_private_key(key)
         if key_algorithm != algorithm:
             raise ConfigError(f"this private key signs {key_algorithm}, not {algorithm}")
-    now = int(time.time())
+    issued = time.time()
+    now = int(issued)
     claims: dict[str, Any] = {
         "aud": AUDIENCE,
-        "iat": now,
+        "iat": math.floor(issued * 1000) / 1000,
         "nbf": now,
         "exp": now + math.ceil(ttl),
         CLAIM: {
@@ -258,6 +283,12 @@ def mint_token(
                 f"subject must be 1 to {MAX_SUBJECT_CHARS} characters without control characters"
             )
         claims["sub"] = subject
+    if jti is not None:
+        if not jti or len(jti) > MAX_SUBJECT_CHARS or CONTROL.search(jti):
+            raise ConfigError(
+                f"jti must be 1 to {MAX_SUBJECT_CHARS} characters without control characters"
+            )
+        claims["jti"] = jti
     return jwt.encode(claims, signing_key, algorithm=algorithm)
 
 

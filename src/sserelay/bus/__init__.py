@@ -11,6 +11,7 @@ from ..config import Settings
 from ..core.protocols import Bus, BusSink
 from ..errors import ConfigError
 from ..wire.message import Message
+from .control import OnChange, RevocationFeed
 
 
 def connect(settings: Settings, dsn: str | None, sink: BusSink) -> Bus:
@@ -40,6 +41,29 @@ def connect(settings: Settings, dsn: str | None, sink: BusSink) -> Bus:
         return await publish_pooled(log.pool, message, durable)
 
     return Bus("postgres", listener, log, publish, MAX_PAYLOAD_BYTES)
+
+
+def revocation_feed(settings: Settings, dsn: str | None, on_change: OnChange) -> RevocationFeed:
+    """The relay's feed of revocations on the bus of ``settings`` (docs/revocation.md),
+    handing them to ``on_change``; nothing is connected until its ``run()``."""
+    options = {
+        "ttl": settings.revocation_ttl,
+        "reconnect_min": settings.reconnect_min,
+        "reconnect_max": settings.reconnect_max,
+    }
+    if settings.bus == "redis":
+        from .redis.revocations import RedisRevocations
+
+        assert settings.redis_url is not None  # checked by Settings
+        return RedisRevocations(
+            settings.redis_url, on_change, prefix=settings.redis_prefix, **options
+        )
+    from .postgres.revocations import PostgresRevocations
+
+    if dsn is None:
+        raise ConfigError("the PostgreSQL bus needs a DSN")
+    # A direct session, as the listener's: LISTEN passes no PgBouncer in transaction mode.
+    return PostgresRevocations(settings.listen_dsn or dsn, on_change, **options)
 
 
 def _redis(settings: Settings, sink: BusSink) -> Bus:

@@ -54,7 +54,7 @@ def publish(
     ``id`` or ``retry`` is given (the log has neither).
     """
     message = Message.build(channel, data, event=event, id=id, retry=retry)
-    bus = _redis_bus(conn)
+    bus = as_redis_bus(conn)
     if bus is None:
         return postgres.publish(cast("str | psycopg.Connection[Any]", conn), message, durable)
     if bus is conn:
@@ -76,7 +76,7 @@ async def apublish(
     """Async twin of :func:`publish`, for a psycopg ``AsyncConnection`` or a DSN (or a
     Redis URL or :class:`~sserelay.bus.redis.publish.RedisBus`)."""
     message = Message.build(channel, data, event=event, id=id, retry=retry)
-    bus = _redis_bus(conn)
+    bus = as_redis_bus(conn)
     if bus is None:
         target = cast("str | psycopg.AsyncConnection[Any]", conn)
         return await postgres.apublish(target, message, durable)
@@ -109,7 +109,7 @@ async def apublish_durable(
     return event_id
 
 
-def _redis_bus(conn: object) -> RedisBus | None:
+def as_redis_bus(conn: object) -> RedisBus | None:
     """``conn`` as a :class:`~sserelay.bus.redis.publish.RedisBus` if it means Redis."""
     if isinstance(conn, str):
         if not conn.startswith(REDIS_SCHEMES):

@@ -1,5 +1,5 @@
 """The ``sserelay`` command: one module per subcommand (``serve``, ``publish``, ``listen``,
-``migrate``/``prune``, ``token``, ``demo``, ``capture``), assembled here."""
+``migrate``/``prune``, ``token``, ``revoke``, ``demo``, ``capture``), assembled here."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..config import parse_log_level, settings_from_env
 from ..errors import SseRelayError
-from . import capture, demo, listen, log, publish, serve, token
+from . import capture, demo, listen, log, publish, revoke, serve, token
 from .common import add_log_level, configure_logging
 
 __all__ = ["build_parser", "main"]
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_parser(sub)
     log.add_parsers(sub)
     token.add_parser(sub)
+    revoke.add_parser(sub)
     demo.add_parser(sub)
     capture.add_parser(sub)
     for command in sub.choices.values():

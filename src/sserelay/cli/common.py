@@ -82,7 +82,8 @@ def broker_flag(args: argparse.Namespace) -> str | None:
 def bus_settings(args: argparse.Namespace) -> Settings:
     """Which bus a command talks to: flags, then the environment (see Settings.bus)."""
     env = settings_from_env()
-    keep = ("dsn", "redis_url", "broker", "redis_prefix", "retention_count", "retention_age")
+    keep: tuple[str, ...] = ("dsn", "redis_url", "broker", "redis_prefix", "revocation_ttl")
+    keep += ("retention_count", "retention_age")
     values = {k: v for k, v in env.items() if k in keep}
     flags = {
         "dsn": args.dsn,

@@ -133,6 +133,12 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
         help="end each stream after this long (90s, 15m, 12h; -0-10%% jitter); default: never",
     )
     p.add_argument(
+        "--revocation-ttl",
+        type=seconds,
+        help="how long a revocation refuses the tokens it names: at least the longest token"
+        " lifetime (default 24h)",
+    )
+    p.add_argument(
         "--max-publish-bytes", type=int, help="POST /publish: largest body in bytes (65536)"
     )
     p.add_argument(
@@ -199,6 +205,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         forwarded_allow_ips=_ips(args.forwarded_allow_ips),
         drain_timeout=args.drain_timeout,
         max_stream_lifetime=args.max_stream_lifetime,
+        revocation_ttl=args.revocation_ttl,
         max_publish_bytes=args.max_publish_bytes,
         publish_rate=args.publish_rate,
         publish_burst=args.publish_burst,

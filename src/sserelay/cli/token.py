@@ -38,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--ttl", type=seconds, default=3600.0, help="lifetime: 3600, 15m, 12h (default 1h)"
     )
     p.add_argument("--subject", help="who the bearer is (the sub claim), for logs and limits")
+    p.add_argument("--jti", help="the token's own id (the jti claim): `sserelay revoke --jti`")
     p.add_argument(
         "--admin",
         action="store_true",
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         subject=args.subject,
         algorithm=algorithm,
         admin=args.admin,
+        jti=args.jti,
     )
     print(token, flush=True)
     return 0

@@ -106,6 +106,7 @@ _ENV: dict[str, tuple[str, Callable[[str, str], object]]] = {
         "max_stream_lifetime",
         lambda var, raw: parse_duration(raw, var),
     ),
+    "SSERELAY_REVOCATION_TTL": ("revocation_ttl", lambda var, raw: parse_duration(raw, var)),
     "SSERELAY_CAPTURE": ("capture", _bool),
     "SSERELAY_CAPTURE_MAX_LAG": ("capture_max_lag", lambda var, raw: parse_duration(raw, var)),
     "SSERELAY_ADMIN": ("admin", _bool),

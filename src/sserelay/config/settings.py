@@ -115,6 +115,9 @@ class Settings:
     admin_password: str | None = dataclasses.field(default=None, repr=False)
     #: Seconds between this relay's snapshots on the bus (and page updates).
     admin_interval: float = 2.0
+    #: Seconds a revocation is kept (and refuses the tokens it names): at least the
+    #: longest lifetime of a token (docs/revocation.md).
+    revocation_ttl: float = 86400.0
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]  # checked below
@@ -132,6 +135,7 @@ class Settings:
             "reconnect_max",
             "shutdown_timeout",
             "drain_timeout",
+            "revocation_ttl",
         ):
             value = getattr(self, name)
             if not 0 < value < math.inf:
@@ -149,12 +153,7 @@ class Settings:
                 raise ConfigError(f"{name} must be at least 1, not {value}")
         if self.retry_ms < 0:
             raise ConfigError(f"retry_ms must not be negative, not {self.retry_ms}")
-        if self.retention_age is not None and not self.retention_age > 0:
-            raise ConfigError(f"retention_age must be positive, not {self.retention_age}")
-        if self.retention_count is not None and self.retention_count < 1:
-            raise ConfigError(f"retention_count must be at least 1, not {self.retention_count}")
-        if not self.prune_interval > 0:
-            raise ConfigError(f"prune_interval must be positive, not {self.prune_interval}")
+        _check_retention(self)
         for name in (
             "max_streams_per_client",
             "max_streams_per_subject",
@@ -208,6 +207,16 @@ def _check_broker(settings: Settings) -> None:
         )
     if settings.bus == "redis" and not settings.redis_url:
         raise ConfigError("broker is redis but no Redis URL is set (--redis or REDIS_URL)")
+
+
+def _check_retention(settings: Settings) -> None:
+    """How long the log keeps events (and how often it is pruned)."""
+    if settings.retention_age is not None and not settings.retention_age > 0:
+        raise ConfigError(f"retention_age must be positive, not {settings.retention_age}")
+    if settings.retention_count is not None and settings.retention_count < 1:
+        raise ConfigError(f"retention_count must be at least 1, not {settings.retention_count}")
+    if not settings.prune_interval > 0:
+        raise ConfigError(f"prune_interval must be positive, not {settings.prune_interval}")
 
 
 def _check_capture(settings: Settings) -> None:

@@ -81,7 +81,7 @@ async def publish(relay: Relay, request: Request, receive: Receive, send: Send) 
     the limit, within the head timeout) and let the publisher answer."""
     publisher = relay.publisher
     reply: Reply | None = None
-    refused = publisher.precheck(request.headers)
+    refused = publisher.precheck(request.headers, request.path)
     if refused is None:
         try:
             async with asyncio.timeout(relay.settings.header_timeout):
@@ -93,7 +93,9 @@ async def publish(relay: Relay, request: Request, receive: Receive, send: Send) 
         else:
             if body is None:
                 return  # the client left
-            reply = await publisher.handle(request.headers, request.query, body, request.client)
+            reply = await publisher.handle(
+                request.headers, request.query, body, request.client, request.path
+            )
     if refused is not None:
         answer = refusal(relay, refused, request.origin)
         await respond(send, answer.status, answer.body, answer.headers)

@@ -88,6 +88,15 @@ def parse(kind: str, body: bytes) -> Message:
         raise HttpError(400, _one_line(str(exc))) from None
 
 
+def json_object(body: bytes) -> dict[str, Any]:
+    """``body`` as one JSON object (no field twice), or HttpError(400) saying why not."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HttpError(400, "request body is not valid UTF-8") from None
+    return _json_fields(text)
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 

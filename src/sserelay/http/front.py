@@ -10,8 +10,8 @@ headers so a page can read it). :func:`dispatch` returns one of
   preflight, the browser client's files);
 - an :class:`Admission`: a stream that may start (its response headers, channels,
   catch-up request and lease), which the front opens with :func:`start_stream`;
-- :data:`PUBLISH`: a ``POST /publish`` whose body the front reads next (see
-  :mod:`sserelay.http.publish`).
+- :data:`PUBLISH`: a ``POST /publish`` or ``POST /revoke`` whose body the front reads
+  next (see :mod:`sserelay.http.publish` and :mod:`sserelay.http.revoke`).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def dispatch(relay: Relay, request: Request) -> Outcome:
             request.query,
             max_channels=settings.max_channels_per_stream,
         )
-        if isinstance(target, Endpoint) and target.name != "publish":
+        if isinstance(target, Endpoint) and target.name not in ("publish", "revoke"):
             # Answered while closing too: /healthz then says why not.
             status, ctype, body = relay.endpoint(target.name, request.headers)
             return Response(status, [("Content-Type", ctype), ("Cache-Control", "no-cache")], body)

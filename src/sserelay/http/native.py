@@ -28,7 +28,7 @@ from ..wire.envelope import Event
 from .front import PUBLISH, Admission, Response, dispatch, refusal, start_stream
 from .request import HeaderCollector, Request, head_too_large
 from .responses import cors_headers, head
-from .routes import request_timeout
+from .routes import WITH_BODY, request_timeout
 
 if TYPE_CHECKING:
     from ..relay import Relay
@@ -131,8 +131,9 @@ class HttpConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.method = self.parser.get_method()
         self.headers = self.head.finish()
-        if self.method == b"POST" and self._path() == b"/publish":
-            refused = self.relay.publisher.precheck(self.headers)
+        path = self._path().decode("latin-1")
+        if self.method == b"POST" and path in WITH_BODY:
+            refused = self.relay.publisher.precheck(self.headers, path)
             if refused is not None:
                 self.fail(refused)
                 return
@@ -202,7 +203,7 @@ class HttpConnection(asyncio.Protocol):
     async def publish(self, request: Request, extra: list[tuple[str, str]]) -> None:
         body = bytes(self.body or b"")
         reply = await self.relay.publisher.handle(
-            request.headers, request.query, body, request.client
+            request.headers, request.query, body, request.client, request.path
         )
         if reply.status >= 400:
             self.relay.count_rejected(reply.status)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from ..access.limits import RateLimiter
 from ..access.policy import ChannelPolicy, policy_from_settings, token_from
+from ..access.revocations import Revocations
 from ..errors import (
     AuthError,
     BrokerUnavailable,
@@ -43,6 +44,7 @@ from .responses import error_body
 if TYPE_CHECKING:
     from ..config import Settings
     from ..core.protocols import PublishFn
+    from .revoke import RevokeEndpoint
 
 log = logging.getLogger("sserelay.publishing")
 
@@ -90,6 +92,10 @@ class Publisher:
         self.raw_limit = raw_limit
         self.limiter = RateLimiter(settings.publish_rate, settings.publish_burst)
         self.published = 0
+        #: ``POST /revoke`` (read the same way: a token, a small body), set by the relay.
+        self.revoke: RevokeEndpoint | None = None
+        #: Tokens withdrawn before they expire: refused for publishing too.
+        self.revocations = Revocations()
 
     @property
     def enabled(self) -> bool:
@@ -97,10 +103,11 @@ class Publisher:
 
     # -- the request -----------------------------------------------------------------
 
-    def precheck(self, headers: Mapping[str, str]) -> HttpError | None:
+    def precheck(self, headers: Mapping[str, str], path: str = "/publish") -> HttpError | None:
         """What to refuse from the head alone, before reading the body (None: read it)."""
         if not self.enabled:
-            return HttpError(403, DISABLED_REASON)
+            verb = "revoking" if path == "/revoke" else "publishing"
+            return HttpError(403, DISABLED_REASON.replace("publishing", verb))
         length = headers.get("content-length")
         if length is not None:
             text = length.strip()
@@ -124,9 +131,13 @@ class Publisher:
         query: str,
         body: bytes,
         client: str | None,
+        path: str = "/publish",
     ) -> Reply:
-        """Answer one ``POST /publish`` whose body has been read (at most the limit)."""
+        """Answer one ``POST /publish`` (or ``POST /revoke``) whose body has been read (at
+        most the limit)."""
         try:
+            if path == "/revoke":
+                return await self._revoke(headers, query, body)
             return await self._handle(headers, query, body, client)
         except HttpError as exc:
             return _http_error(exc)
@@ -161,6 +172,9 @@ class Publisher:
         message = parse(content_type(headers), body)
         try:
             self.policy.check_publish(message.channel, access)
+            revoked = self.revocations.refusal(access, (message.channel,))
+            if revoked is not None:
+                raise AuthError(401, revoked)
         except AuthError as exc:
             return self._auth_refusal(exc, token)
         key = f"sub:{access.subject}" if access.subject else f"addr:{client or '?'}"
@@ -178,6 +192,20 @@ class Publisher:
         body_out = json.dumps({"id": event_id, "channel": message.channel}).encode() + b"\n"
         reply_headers = [("Content-Type", "application/json"), ("Cache-Control", "no-cache")]
         return Reply(200, reply_headers, body_out)
+
+    async def _revoke(self, headers: Mapping[str, str], query: str, body: bytes) -> Reply:
+        refused = self.precheck(headers, "/revoke")
+        if refused is not None:
+            raise refused
+        if self.revoke is None:
+            raise HttpError(404, "this relay does not revoke (no bus to revoke on)")
+        token = headers.get("authorization")
+        try:
+            answer = await self.revoke.handle(headers, query, body)
+        except AuthError as exc:
+            return self._auth_refusal(exc, token)
+        reply_headers = [("Content-Type", "application/json"), ("Cache-Control", "no-cache")]
+        return Reply(200, reply_headers, answer)
 
     def _auth_refusal(self, exc: AuthError, token: str | None) -> Reply:
         if exc.status == 401:

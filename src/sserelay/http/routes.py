@@ -3,8 +3,8 @@
 - ``GET /events/{channel}``: one channel (the rest of the path, percent-decoded).
 - ``GET /events?channel=a&channel=b``: several channels on one stream.
 - ``GET /{channel}``: one channel, as ``sse-relay-server`` serves it. Channels
-  whose name is one of our endpoints (``events``, ``healthz``, ``metrics``,
-  ``publish``) are reachable under ``/events/`` only.
+  whose name is one of our endpoints (``admin``, ``events``, ``healthz``, ``metrics``,
+  ``publish``, ``revoke``) are reachable under ``/events/`` only.
 - ``GET /healthz``, ``GET /metrics``.
 - ``GET /admin``, ``GET /admin/stream``: the operator's page and its updates (off unless
   configured, see :mod:`sserelay.admin`); a channel named ``admin`` is at
@@ -13,6 +13,8 @@
   (:mod:`~sserelay.http.assets`).
 - ``POST /publish``: publish one event (see :mod:`sserelay.http.publish`); every other
   method on ``/publish`` is a 405 with ``Allow: POST``.
+- ``POST /revoke``: revoke tokens, with an admin token (see :mod:`sserelay.http.revoke`);
+  the same 405 for any other method.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from ..errors import HttpError, InvalidChannel
 from ..wire.channels import validate_channel
 from .assets import NAMES as ASSET_NAMES
 
-RESERVED_PATHS = frozenset({"admin", "events", "healthz", "metrics", "publish"})
+RESERVED_PATHS = frozenset({"admin", "events", "healthz", "metrics", "publish", "revoke"})
+#: Endpoints whose request has a body, read by the front before the answer.
+WITH_BODY = ("/publish", "/revoke")
 MAX_QUERY_FIELDS = 256
 
 
@@ -41,7 +45,7 @@ class StreamRoute:
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    name: str  # "healthz", "metrics" or "publish"
+    name: str  # "healthz", "metrics", "publish" or "revoke"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +94,9 @@ def route(method: str, path: str, query: str, *, max_channels: int) -> Route:
     """Map a request to a route, or raise :class:`HttpError` (404, 405, 400)."""
     if not path.startswith("/"):
         raise HttpError(400, "request target must be an absolute path")
-    if path == "/publish":
+    if path in WITH_BODY:
         if method == "POST":
-            return Endpoint("publish")
+            return Endpoint(path[1:])
         raise HttpError(
             405, f"method {method[:20]!r} not allowed; use POST", (("Allow", "POST, OPTIONS"),)
         )

@@ -3,6 +3,8 @@
 - :func:`publish` sends an event through Django's own database connection, so it is
   part of the current transaction (sent on commit, never on rollback).
 - :func:`publish_changes` publishes a model's creates, updates and deletes.
+- :func:`revoke` revokes tokens (by subject or jti) or channels on every relay, in the
+  current transaction.
 - :func:`stream_url` and the ``{% sserelay_stream_url %}`` tag give the page the URL
   of a stream, with a token for the current user when tokens are configured.
 - :mod:`sserelay.contrib.django.views` streams from Django itself under ASGI: every
@@ -14,7 +16,7 @@ Settings live in one ``SSERELAY`` dict (see :mod:`sserelay.contrib.django.conf` 
 
 from __future__ import annotations
 
-from .publish import last_event_id, publish
+from .publish import last_event_id, publish, revoke
 from .signals import ModelPublisher, publish_changes
 from .tokens import stream_url, token_for
 
@@ -23,6 +25,7 @@ __all__ = [
     "last_event_id",
     "publish",
     "publish_changes",
+    "revoke",
     "stream_url",
     "token_for",
 ]

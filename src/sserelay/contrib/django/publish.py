@@ -18,14 +18,17 @@ from typing import Any
 
 from django.db import DatabaseError, connections
 
+from ...access.revocations import one_of
+from ...bus.control import DEFAULT_TTL
 from ...bus.postgres import publish as postgres
 from ...bus.postgres import statements
 from ...bus.postgres.errors import translate
+from ...bus.postgres.revocations import revoke_statement
 from ...errors import PublishError
 from ...wire.message import Message
 from . import conf
 
-__all__ = ["DjangoConnector", "last_event_id", "publish"]
+__all__ = ["DjangoConnector", "last_event_id", "publish", "revoke"]
 
 
 class DjangoConnector:
@@ -92,3 +95,25 @@ def last_event_id(channel: str, *, using: str | None = None) -> int | None:
 def forget(raw_connection: Any) -> None:
     """Forget whether ``raw_connection``'s database has the schema (it just changed)."""
     postgres.forget(raw_connection)
+
+
+def revoke(
+    *,
+    subject: str | None = None,
+    jti: str | None = None,
+    channel: str | None = None,
+    using: str | None = None,
+    ttl: float = DEFAULT_TTL,
+) -> float:
+    """Revoke the tokens of ``subject``, the token ``jti`` or the channels matching the
+    pattern ``channel`` (exactly one) on every relay, in the current transaction of
+    ``using`` (the relays hear of it when it commits; docs/revocation.md). Returns the
+    revocation's time (seconds since the epoch); ``ttl``: seconds it is kept."""
+    kind, value = one_of(subject, jti, channel)
+    db = DjangoConnector(using or conf.database_alias())
+    try:
+        row = db.fetchone(revoke_statement(kind), [value, ttl])
+    except DatabaseError as exc:
+        raise translate(exc, "revoking", where=db.where, hint=db.hint) from exc
+    assert row is not None
+    return float(row[0])
