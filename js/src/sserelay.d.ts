@@ -36,9 +36,10 @@ export interface SseRelayStatus {
   /**
    * `connecting`, `live` (the relay said `: ready`), `reconnecting` (with `delay` ms),
    * `offline` (waits for the `online` event), `error` (with `status` and the relay's `error`,
-   * or a network `error`; a reconnect follows unless `closed` does), `closed`.
+   * or a network `error`; a reconnect follows unless `closed` does), `revoked` (the relay
+   * withdrew the token: the stream ends and the reconnect asks `token` anew), `closed`.
    */
-  state: "connecting" | "live" | "reconnecting" | "offline" | "error" | "closed";
+  state: "connecting" | "live" | "reconnecting" | "offline" | "error" | "revoked" | "closed";
   /** True in the tab that holds the stream (always, unless `shared`). */
   leader: boolean;
   /** The HTTP status of a refusal (`error`, and `closed` after a 403 or 400). */

@@ -247,6 +247,9 @@ export function subscribe(url, options = {}) {
       for (const gap of taken.gaps || []) call(o.onGap, gap);
     }
     if (leader && channel) channel.postMessage({ e: [type, data, ownId, lastId] });
+    // The relay withdrew the stream's token: say so; the relay ends the stream, and the
+    // reconnect asks `token` for a new one (a fixed token gets 401 and stops).
+    if (type == "sserelay.revoked") return status("revoked");
     if (type == "missed") {
       try {
         const info = JSON.parse(data);
@@ -369,7 +372,7 @@ export function subscribe(url, options = {}) {
       seen = e.lastEventId;
       handle(e.type, e.data, own, e.lastEventId);
     };
-    for (const name of ["message", "missed", ...(o.events || [])])
+    for (const name of ["message", "missed", "sserelay.revoked", ...(o.events || [])])
       source.addEventListener(name, onMessage);
     source.onopen = () => {
       attempt = 0;

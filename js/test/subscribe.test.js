@@ -239,3 +239,28 @@ test("a handler that throws does not stop the stream", async () => {
     globalThis.reportError = saved;
   }
 });
+
+test("a revoked token: status revoked, no event, and the reconnect asks for a new token", async () => {
+  const relay = new ScriptedRelay();
+  const r = recorder();
+  let asked = 0;
+  const sub = subscribe(BASE, {
+    channels: "private",
+    token: async () => `token-${++asked}`,
+    fetch: relay.fetch,
+    ...r.options,
+  });
+  try {
+    const first = await relay.next();
+    const s = relay.stream(first);
+    await r.until((k, v) => k == "status" && v.state == "live", "live");
+    s.send('retry: 50\nevent: sserelay.revoked\ndata: {"reason": "revoked"}\n\n');
+    await r.until((k, v) => k == "status" && v.state == "revoked", "revoked");
+    s.end(); // the relay ends a revoked stream
+    const second = await relay.next("a reconnect");
+    assert.equal(second.headers.Authorization, "Bearer token-2");
+    assert.deepEqual(r.events(), []);
+  } finally {
+    sub.close();
+  }
+});
