@@ -8,6 +8,7 @@ schema, under the same file names.
 from __future__ import annotations
 
 from ..config import Settings
+from ..core.presence import PresenceStore
 from ..core.protocols import Bus, BusSink
 from ..errors import ConfigError
 from ..wire.message import Message
@@ -74,3 +75,14 @@ def _redis(settings: Settings, sink: BusSink) -> Bus:
         return await log.publish(message, durable)
 
     return Bus("redis", listener, log, publish, MAX_RAW_PAYLOAD_BYTES)
+
+
+def presence_store(bus: Bus, relay: str, lease: float) -> PresenceStore:
+    """Where the relay ``relay`` keeps its presence rows on ``bus`` (docs/presence.md)."""
+    if bus.kind == "redis":
+        from .redis.presence import RedisPresence
+
+        return RedisPresence(bus.log, relay, lease)
+    from .postgres.presence import PostgresPresence
+
+    return PostgresPresence(bus.log.pool, relay, lease)  # type: ignore[attr-defined]  # PostgresLog
