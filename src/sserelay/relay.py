@@ -27,16 +27,20 @@ from typing import TYPE_CHECKING, Any
 from . import bus as buses
 from . import jitter
 from .access.admission import StreamAccess
+from .access.limits import Lease as StreamLease
+from .access.patterns import matches_any
 from .access.policy import policy_from_settings, token_from
 from .config import Settings
 from .core.catchup import CatchUp, subscribe
 from .core.delivery import Delivery
+from .core.presence import PresenceService, PresenceTracker
 from .core.protocols import Lease, Subscriber
 from .core.supervisor import Supervisor
-from .errors import AuthError, BrokerUnavailable, SchemaMissing
+from .errors import AuthError, BrokerUnavailable, SchemaMissing, SseRelayError
 from .http.native import HttpConnection, protocol_factory
 from .http.publish import Publisher
 from .metrics import CONTENT_TYPE, RelayMetrics
+from .wire.message import Message
 
 if TYPE_CHECKING:
     from .bus.postgres.capture import Capturer
@@ -118,6 +122,8 @@ class Relay:
             # advisory lock pass no PgBouncer in transaction mode.
             direct = settings.listen_dsn or dsn
             self.capturer = capturer_for(direct, bus=settings.bus, max_lag=settings.capture_max_lag)
+        #: Presence (``settings.presence``; docs/presence.md), else None.
+        self.presence = self._presence() if settings.presence else None
         self.started = time.time()
         #: The service that could not be kept running, once one could not.
         self.failure: str | None = None
@@ -125,12 +131,36 @@ class Relay:
         self._server: asyncio.Server | None = None
         self._all_closed = asyncio.Event()
 
+    def _presence(self) -> PresenceService:
+        settings = self.settings
+        patterns = settings.presence
+        tracker = PresenceTracker(
+            lambda channel: matches_any(patterns, channel), linger=settings.presence_linger
+        )
+        relay_id = f"{socket.gethostname()}:{os.getpid()}:{jitter.randint(0, 2**32):08x}"
+        store = buses.presence_store(self.bus, relay_id, settings.presence_lease)
+
+        async def publish(channel: str, event: str, data: object) -> None:
+            await self.bus.publish(Message.build(channel, data, event=event), False)
+
+        return PresenceService(
+            tracker,
+            store,
+            publish,
+            interval=settings.presence_interval,
+            lease=settings.presence_lease,
+            events=settings.presence_events,
+            max_events=settings.presence_max_events,
+        )
+
     # -- streams -----------------------------------------------------------------------
 
     def subscribe(
         self, sub: Subscriber, catch_up: CatchUp | None = None, lease: Lease | None = None
     ) -> None:
         """Register an admitted stream (live at once, or after catching up)."""
+        if self.presence is not None and isinstance(lease, StreamLease):
+            lease = self.presence.tracker.wrap(sub.channels, lease, lease.identity)
         subscribe(self.delivery, sub, catch_up, lease)
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -164,6 +194,8 @@ class Relay:
             self.tasks.service("pruner", self._prune_forever)
         if self.capturer is not None:
             self.tasks.service("capture", self.capturer.run)
+        if self.presence is not None:
+            self.tasks.service("presence", self.presence.run)
         if serve:
             factory = protocol_factory(self)
             if sock is not None:
@@ -218,11 +250,21 @@ class Relay:
         for conn in list(self.connections):
             conn.transport.abort()
         await self.tasks.close()
+        if self.presence is not None:
+            await self._remove_presence(self.presence)
         await self.log.close()
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1):
                     await self._server.wait_closed()
+
+    async def _remove_presence(self, presence: PresenceService) -> None:
+        """Take this relay's presence rows away now rather than at their lease's end."""
+        try:
+            async with asyncio.timeout(2):
+                await presence.store.remove(presence.tracker.channels)
+        except (SseRelayError, TimeoutError) as exc:
+            log.warning("presence rows not removed (they expire with their lease): %s", exc)
 
     async def shutdown_after_streams(self, streams: OpenStreams) -> None:
         """Shutdown for a front that writes its own streams: send each a jittered

@@ -18,7 +18,16 @@ def retry_after() -> tuple[tuple[str, str], ...]:
 class Lease:
     """One admitted stream's place in the limits (a :class:`~sserelay.core.protocols.Lease`)."""
 
-    __slots__ = ("channels", "client", "deadline", "limits", "owner", "released", "subject")
+    __slots__ = (
+        "channels",
+        "client",
+        "deadline",
+        "identity",
+        "limits",
+        "owner",
+        "released",
+        "subject",
+    )
 
     def __init__(
         self,
@@ -36,6 +45,8 @@ class Lease:
         self.deadline = deadline
         self.channels = channels
         self.owner = owner
+        #: The token's ``sub`` (None: no token, or none in it), as presence counts it.
+        self.identity: str | None = None
         self.released = False
 
     def release(self) -> None:

@@ -4,7 +4,9 @@
 - ``GET /events?channel=a&channel=b``: several channels on one stream.
 - ``GET /{channel}``: one channel, as ``sse-relay-server`` serves it. Channels
   whose name is one of our endpoints (``events``, ``healthz``, ``metrics``,
-  ``publish``) are reachable under ``/events/`` only.
+  ``presence``, ``publish``) are reachable under ``/events/`` only.
+- ``GET /presence/{channel}``: who is subscribed to a presence channel
+  (docs/presence.md).
 - ``GET /healthz``, ``GET /metrics``.
 - ``GET /sserelay.js``, ``GET /sserelay.classic.js``: the browser client
   (:mod:`~sserelay.http.assets`).
@@ -21,7 +23,7 @@ from ..errors import HttpError, InvalidChannel
 from ..wire.channels import validate_channel
 from .assets import NAMES as ASSET_NAMES
 
-RESERVED_PATHS = frozenset({"events", "healthz", "metrics", "publish"})
+RESERVED_PATHS = frozenset({"events", "healthz", "metrics", "presence", "publish"})
 MAX_QUERY_FIELDS = 256
 
 
@@ -47,7 +49,13 @@ class AssetRoute:
     query: tuple[tuple[str, str], ...] = ()
 
 
-Route = StreamRoute | Endpoint | AssetRoute
+@dataclass(frozen=True, slots=True)
+class PresenceRoute:
+    channel: str
+    query: tuple[tuple[str, str], ...] = ()
+
+
+Route = StreamRoute | Endpoint | AssetRoute | PresenceRoute
 
 
 def _decode(raw: str, what: str) -> str:
@@ -94,6 +102,11 @@ def route(method: str, path: str, query: str, *, max_channels: int) -> Route:
         return Endpoint(path[1:])
     if path[1:] in ASSET_NAMES:  # "sserelay.*" is no channel name, so no channel is hidden
         return AssetRoute(path[1:], tuple(params))
+    if path.startswith("/presence/"):
+        name = _decode(path[len("/presence/") :], "channel name")
+        return PresenceRoute(_channel(name), tuple(params))
+    if path == "/presence":
+        raise HttpError(404, "no channel in the path; use /presence/{channel}")
     if path == "/events" or path == "/events/":
         names = [value for key, value in params if key == "channel"]
         if not names:
