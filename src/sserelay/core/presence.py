@@ -292,6 +292,7 @@ class PresenceService:
         self.events_sent = 0
         self.events_coalesced = 0
         self._pruned_at = time.monotonic()
+        self._failing = False
 
     async def run(self) -> None:
         while True:
@@ -310,8 +311,14 @@ class PresenceService:
         except (BrokerUnavailable, SchemaMissing) as exc:
             self.flush_failures += 1
             self.tracker.failed(batch)
-            log.warning("presence: writing %d rows failed: %s", len(batch.changes), exc)
+            # Once per outage at WARNING (it is retried every interval).
+            level = logging.DEBUG if self._failing else logging.WARNING
+            log.log(level, "presence: writing %d rows failed: %s", len(batch.changes), exc)
+            self._failing = True
             return
+        if self._failing:
+            log.info("presence: writing again")
+            self._failing = False
         self.tracker.written(batch)
         self.flushes += 1
         self.rows_written += len(batch.changes)

@@ -2,6 +2,7 @@
 
 - :func:`publish` sends an event through Django's own database connection, so it is
   part of the current transaction (sent on commit, never on rollback).
+- :func:`presence` reads who is on a presence channel (docs/presence.md).
 - :func:`publish_changes` publishes a model's creates, updates and deletes.
 - :func:`stream_url` and the ``{% sserelay_stream_url %}`` tag give the page the URL
   of a stream, with a token for the current user when tokens are configured.
@@ -14,6 +15,7 @@ Settings live in one ``SSERELAY`` dict (see :mod:`sserelay.contrib.django.conf` 
 
 from __future__ import annotations
 
+from .presence import presence
 from .publish import last_event_id, publish
 from .signals import ModelPublisher, publish_changes
 from .tokens import stream_url, token_for
@@ -21,6 +23,7 @@ from .tokens import stream_url, token_for
 __all__ = [
     "ModelPublisher",
     "last_event_id",
+    "presence",
     "publish",
     "publish_changes",
     "stream_url",
