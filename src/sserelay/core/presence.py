@@ -137,17 +137,18 @@ class PresenceLease:
         self, inner: Lease, tracker: PresenceTracker, channels: tuple[str, ...], subject: str
     ) -> None:
         self.inner = inner
-        self.tracker = tracker
+        self.tracker: PresenceTracker | None = tracker
         self.channels = channels
         self.subject = subject
         self.deadline = inner.deadline
         tracker.enter(channels, subject)
 
     def release(self) -> None:
-        if self.tracker is not None:
-            self.tracker.leave(self.channels, self.subject)
-            self.tracker = None  # type: ignore[assignment]  # released: idempotent
-        self.inner.release()
+        """Give the place back and count the stream gone (idempotent)."""
+        tracker, self.tracker = self.tracker, None
+        if tracker is not None:
+            tracker.leave(self.channels, self.subject)
+            self.inner.release()
 
 
 class PresenceTracker:
