@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 import sserelay
+from fronts import FRONTS, serving
 from processes import RelayProcess, relay_process
 from sserelay import mint_token
 from sserelay.testing import (
@@ -335,5 +336,28 @@ async def _unmigrated(dsn: str) -> None:
             answer = await _get(relay.port, "/presence/room-1")
             assert answer.status == 503 and "cannot be read" in answer.json()["error"]
             assert relay.problem() is None
+        finally:
+            await client.close()
+
+
+@pytest.mark.parametrize("kind", FRONTS)
+async def test_the_endpoint_is_the_same_on_every_front(kind: str, durable_dsn: str) -> None:
+    settings = {"presence": ("room-*",), "presence_interval": 0.2, "jwt_secret": SECRET}
+    async with serving(kind, durable_dsn, public_channels=("room-*",), **settings) as front:
+        client = await front.open("/events/room-1", {"Authorization": f"Bearer {_token('ada')}"})
+        try:
+            with showing_frames(client):
+                await client.wait_ready(timeout=30)
+            want = {"channel": "room-1", "subjects": ["ada"], "anonymous": 0, "connections": 1}
+
+            async def seen() -> bool:
+                answer = await front.get("/presence/room-1", {"Origin": "https://a.example"})
+                return answer.status == 200 and answer.json() == want
+
+            await wait_until(seen, timeout=30)
+            refused = await front.get("/presence/lobby")
+            assert refused.status == 404 and "not enabled" in refused.json()["error"]
+            bad = await front.get("/presence/" + "x" * 100)
+            assert bad.status == 400
         finally:
             await client.close()
