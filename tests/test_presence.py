@@ -336,6 +336,7 @@ async def _unmigrated(dsn: str) -> None:
             answer = await _get(relay.port, "/presence/room-1")
             assert answer.status == 503 and "cannot be read" in answer.json()["error"]
             assert relay.problem() is None
+            assert relay.health(detail=True)[1]["presence"]["writing"] is False
         finally:
             await client.close()
 

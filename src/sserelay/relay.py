@@ -339,6 +339,8 @@ class Relay:
             )
             if self.capturer is not None:
                 body["capture"] = self.capturer.status()
+            if self.presence is not None:
+                body["presence"] = self.presence.status()
         return (200 if problem is None else 503), body
 
     def endpoint(

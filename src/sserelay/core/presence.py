@@ -295,6 +295,16 @@ class PresenceService:
         self._pruned_at = time.monotonic()
         self._failing = False
 
+    def status(self) -> dict[str, object]:
+        """For the detailed health view: whether writes succeed, and the counters."""
+        return {
+            "writing": not self._failing,
+            "streams": self.tracker.streams,
+            "flushes": self.flushes,
+            "flush_failures": self.flush_failures,
+            "events": self.events_sent,
+        }
+
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval * jitter.uniform(0.9, 1.1))
