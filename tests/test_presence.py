@@ -81,10 +81,27 @@ def _token(subject: str, channels: str = "room-*") -> str:
 async def _stream(port: int, channel: str, subject: str | None) -> SseClient:
     headers = {"Authorization": f"Bearer {_token(subject)}"} if subject else {}
     client = await SseClient.open(HOST, port, f"/events/{channel}", headers)
-    assert client.status == 200, await client.body()
-    with showing_frames(client):
-        await client.wait_ready(timeout=30)
+    try:
+        assert client.status == 200, await client.body()
+        with showing_frames(client):
+            await _ready(client)
+    except BaseException:
+        await client.close()
+        raise
     return client
+
+
+async def _ready(client: SseClient) -> None:
+    """``: ready``. A presence event may come first: the relay publishes joins on the
+    channel itself, and a stream whose channel was just subscribed on the bus is given
+    the channel's plain events while the relay reads the channel's log position."""
+    async with asyncio.timeout(30):
+        while True:
+            message = await client.next_message(30)
+            if "ready" in message.comments:
+                return
+            if message.is_event and not message.event.startswith("sserelay."):
+                raise AssertionError(f"event before ready: {message}")
 
 
 async def _get(port: int, path: str, token: str | None = None) -> Any:
@@ -172,25 +189,34 @@ async def test_a_killed_relays_entries_expire_with_its_lease(
     durable_bus: Any, tmp_path: Path
 ) -> None:
     channel = f"room-{uuid.uuid4().hex[:8]}"
-    async with _relays(durable_bus, tmp_path) as relays:
+    async with _relays(durable_bus, tmp_path, env={"SSERELAY_PRESENCE_EVENTS": "1"}) as relays:
         ports = [r.port for r in relays]
+        observer = Feed(await _stream(ports[0], channel, None))
         kept = await _stream(ports[0], channel, "stays")
-        doomed = [
-            await _stream(ports[2], channel, "killed"),
-            await _stream(ports[2], channel, None),
-        ]
+        doomed = [await _stream(ports[2], channel, name) for name in ("killed", None)]
         try:
-            want = {"channel": channel, "subjects": ["killed", "stays"], "anonymous": 1}
-            want["connections"] = 3
+            want = {"channel": channel, "subjects": ["killed", "stays"], "anonymous": 2}
+            want["connections"] = 4
             await _agree(durable_bus, ports, channel, want)
             relays[2].proc.kill()  # SIGKILL: no goodbye, its rows stay until their lease ends
             await relays[2].wait(timeout=30)
-            want = {"channel": channel, "subjects": ["stays"], "anonymous": 0, "connections": 1}
+            want = {"channel": channel, "subjects": ["stays"], "anonymous": 1, "connections": 2}
             await _agree(durable_bus, ports[:2], channel, want)
+            # The relays that remain say that "killed" left with it (once).
+            await wait_until(
+                lambda: _kinds(_events(observer), "killed") == ["sserelay.join", "sserelay.leave"],
+                timeout=30,
+                message=lambda: str(_events(observer)),
+            )
         finally:
+            await observer.close()
             await kept.close()
             for client in doomed:
                 await client.close()
+
+
+def _events(feed: Feed) -> list[tuple[str, str]]:
+    return [(e.event, e.data) for e in feed.events]
 
 
 async def _flushes(ports: list[int]) -> int:

@@ -121,8 +121,9 @@ class PresenceStore(Protocol):
 
     async def read(self, channel: str) -> PresenceView: ...
 
-    async def prune(self) -> int:
-        """Remove expired rows (any relay's); how many."""
+    async def prune(self, *, events: bool) -> list[Transition]:
+        """Remove expired rows (any relay's); with ``events``, the subjects that left
+        with them (on no relay any more)."""
 
     async def remove(self, channels: Iterable[str]) -> None:
         """Remove this relay's rows (a clean shutdown; ``channels``: those it has rows on)."""
@@ -252,7 +253,7 @@ class PresenceTracker:
             else:
                 self._written[key] = change.connections
 
-    def failed(self, batch: Batch) -> None:
+    def failed(self) -> None:
         """The store may hold none of it (or lost its rows: a restart empties an unlogged
         table): write every row again next time."""
         self._rewrite = True
@@ -292,7 +293,7 @@ class PresenceService:
         self.rows_written = 0
         self.events_sent = 0
         self.events_coalesced = 0
-        self._pruned_at = time.monotonic()
+        self._pruned_at = self._written_at = time.monotonic()
         self._failing = False
 
     def status(self) -> dict[str, object]:
@@ -313,15 +314,19 @@ class PresenceService:
     async def flush(self) -> None:
         """One round: write the changes, send the events, prune when due."""
         now = time.monotonic()
+        if now - self._written_at > self.lease / 2:
+            # Writes renew the lease once half of it has gone: after a gap this long (a
+            # stall, a slow bus) the rows may have expired and been pruned. Write them all.
+            self.tracker.failed()
         batch = self.tracker.take(now)
         try:
             transitions = await self.store.write(batch, events=self.events)
             if now - self._pruned_at >= self.lease:
                 self._pruned_at = now
-                await self.store.prune()
+                transitions += await self.store.prune(events=self.events)
         except (BrokerUnavailable, SchemaMissing) as exc:
             self.flush_failures += 1
-            self.tracker.failed(batch)
+            self.tracker.failed()
             # Once per outage at WARNING (it is retried every interval).
             level = logging.DEBUG if self._failing else logging.WARNING
             log.log(level, "presence: writing %d rows failed: %s", len(batch.changes), exc)
@@ -331,6 +336,7 @@ class PresenceService:
             log.info("presence: writing again")
             self._failing = False
         self.tracker.written(batch)
+        self._written_at = now
         self.flushes += 1
         self.rows_written += len(batch.changes)
         if transitions:

@@ -47,9 +47,9 @@ class PostgresPresence:
         rows = await self._run("reading presence", statements.PRESENCE_READ, (channel,))
         return view_from_rows(channel, ((s, int(n)) for s, n in rows))
 
-    async def prune(self) -> int:
-        rows = await self._run("pruning presence", statements.PRESENCE_PRUNE, ())
-        return int(rows[0][0]) if rows else 0
+    async def prune(self, *, events: bool) -> list[Transition]:
+        rows = await self._run("pruning presence", statements.PRESENCE_PRUNE, (events,))
+        return [Transition(channel, kind, subject) for channel, kind, subject in rows]
 
     async def remove(self, channels: Iterable[str] = ()) -> None:
         await self._run("removing presence", statements.PRESENCE_REMOVE, (self.relay,))

@@ -49,5 +49,7 @@ PRESENCE_WRITE = (
     "%s::text, %s::interval, %s::text[], %s::text[], %s::integer[], %s::boolean)"
 )
 PRESENCE_READ = "SELECT subject, connections FROM sserelay.presence_of(%s::text)"
-PRESENCE_PRUNE = "SELECT sserelay.presence_prune()"
+PRESENCE_PRUNE = (
+    "SELECT out_channel, out_kind, out_subject FROM sserelay.presence_prune(%s::boolean)"
+)
 PRESENCE_REMOVE = "DELETE FROM sserelay.presence WHERE relay = %s"

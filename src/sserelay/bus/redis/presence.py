@@ -10,8 +10,10 @@ script sees every relay's hash of a channel on one node.
 
 A relay's flush runs :data:`WRITE_LUA` once per changed channel (and once per lease
 third on the others, to renew them): atomic per channel, so the join/leave answers of
-two relays' flushes never interleave. Expired relays are dropped from the index by the
-next write; their hashes expire by themselves.
+two relays' flushes never interleave. A relay whose lease has passed is dropped from the
+index by the next write on the channel (any relay's, and each renews every lease third),
+which answers the leaves of its subjects; its hash expires by itself anyway (at twice the
+lease, so that this write still finds who was on it).
 """
 
 from __future__ import annotations
@@ -42,6 +44,19 @@ WRITE_LUA = (
     + """
 local index, mine = KEYS[1], KEYS[2]
 local relay, lease, events = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
+-- Relays whose lease has passed: their subjects may have left with them.
+local dead = {}
+for _, r in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', now)) do
+  if r ~= relay then
+    local k = index .. '|' .. r
+    if events then
+      for _, s in ipairs(redis.call('HKEYS', k)) do
+        if s ~= '' then dead[#dead + 1] = s end
+      end
+    end
+    redis.call('DEL', k)
+  end
+end
 redis.call('ZREMRANGEBYSCORE', index, '-inf', now)
 local others = {}
 local live = false
@@ -68,10 +83,23 @@ for i = 4, #ARGV, 2 do
     elseif n >= 0 and not had then out[#out + 1] = 'J'; out[#out + 1] = s end
   end
 end
+local said = {}
+for _, s in ipairs(dead) do
+  if not said[s] and redis.call('HEXISTS', mine, s) == 0 then
+    said[s] = true
+    local elsewhere = false
+    for _, k in ipairs(others) do
+      if redis.call('HEXISTS', k, s) == 1 then elsewhere = true break end
+    end
+    if not elsewhere then out[#out + 1] = 'L'; out[#out + 1] = s end
+  end
+end
 if redis.call('HLEN', mine) > 0 then
-  redis.call('PEXPIRE', mine, lease)
+  -- The hash outlives the lease (readers go by the index's scores), so that the next
+  -- writer still finds who was on a relay that died.
+  redis.call('PEXPIRE', mine, 2 * lease)
   redis.call('ZADD', index, now + lease, relay)
-  if redis.call('PTTL', index) < lease then redis.call('PEXPIRE', index, lease) end
+  if redis.call('PTTL', index) < 2 * lease then redis.call('PEXPIRE', index, 2 * lease) end
 else
   redis.call('ZREM', index, relay)
 end
@@ -172,9 +200,10 @@ class RedisPresence:
         keys = [index_key(layout, self.prefix, channel)]
         return _view(channel, await self.log.call("reading presence", script(keys=keys)))
 
-    async def prune(self) -> int:
-        """Nothing to do: hashes expire by themselves, and writes drop expired relays."""
-        return 0
+    async def prune(self, *, events: bool) -> list[Transition]:
+        """Nothing to do: the writes drop expired relays (answering their subjects'
+        leaves), and hashes expire by themselves."""
+        return []
 
     async def remove(self, channels: Iterable[str] = ()) -> None:
         layout, script = await self._script(REMOVE_LUA)

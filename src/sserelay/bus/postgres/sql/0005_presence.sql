@@ -101,9 +101,29 @@ LANGUAGE sql STABLE AS $$
     GROUP BY p.subject
 $$;
 
--- Delete the rows whose lease has passed (a dead relay's); how many.
-CREATE FUNCTION sserelay.presence_prune() RETURNS integer
-LANGUAGE sql AS $$
-    WITH gone AS (DELETE FROM sserelay.presence WHERE expires_at < now() RETURNING 1)
-    SELECT count(*)::integer FROM gone
+-- Delete the rows whose lease has passed (a dead relay's). With p_events, the channels
+-- concerned are locked first (as presence_write does) and the non-anonymous subjects
+-- that are now on no relay are returned: they left with the dead relay.
+CREATE FUNCTION sserelay.presence_prune(p_events boolean)
+RETURNS TABLE (out_channel text, out_kind text, out_subject text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_events THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('sserelay.presence:' || t.name, 0))
+        FROM (
+            SELECT DISTINCT p.channel AS name FROM sserelay.presence p
+            WHERE p.expires_at < now() ORDER BY 1
+        ) AS t;
+    END IF;
+    RETURN QUERY
+    WITH gone AS (
+        DELETE FROM sserelay.presence p WHERE p.expires_at < now()
+        RETURNING p.channel, p.subject
+    )
+    SELECT DISTINCT g.channel, 'sserelay.leave'::text, g.subject FROM gone g
+    WHERE p_events AND g.subject <> '' AND NOT EXISTS (
+        SELECT 1 FROM sserelay.presence p
+        WHERE p.channel = g.channel AND p.subject = g.subject AND p.expires_at > now()
+    );
+END
 $$;
