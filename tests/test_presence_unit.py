@@ -152,3 +152,28 @@ def test_events_past_the_bound_of_one_write_become_one_summary() -> None:
 
 def test_change_is_a_value() -> None:
     assert Change("room-1", "u1", None) == Change("room-1", "u1", None)
+
+
+def test_reads_are_shared_and_reused_for_one_interval() -> None:
+    reads: list[str] = []
+
+    class Store(_Store):
+        async def read(self, channel: str) -> PresenceView:
+            reads.append(channel)
+            await asyncio.sleep(0.01)
+            return PresenceView(channel, (), len(reads), len(reads))
+
+    async def publish(channel: str, event: str, data: object) -> None:
+        return None
+
+    async def run() -> None:
+        service = PresenceService(
+            _tracker(), Store([]), publish, interval=3600, lease=1e4, events=False, max_events=1
+        )
+        views = await asyncio.gather(*(service.read("room-1") for _ in range(20)))
+        assert reads == ["room-1"] and {v.anonymous for v in views} == {1}
+        assert (await service.read("room-1")).anonymous == 1  # young enough: reused
+        assert (await service.read("room-2")).anonymous == 2  # another channel: read
+        assert service.shared == 19
+
+    asyncio.run(run())

@@ -28,6 +28,7 @@ from typing import Protocol
 from .. import jitter
 from ..errors import BrokerUnavailable, SchemaMissing, SseRelayError
 from .protocols import Lease
+from .reads import SharedReads
 
 log = logging.getLogger("sserelay.presence")
 
@@ -93,6 +94,8 @@ class PresenceView:
 
 #: Most subjects one read lists (sorted); the counts are always complete.
 MAX_SUBJECTS = 10_000
+#: Channels whose last answer a relay keeps (see PresenceService.read).
+MAX_CACHED_VIEWS = 1_000
 
 
 def view_from_rows(
@@ -264,10 +267,10 @@ class PresenceTracker:
 PublishEvent = Callable[[str, str, object], Awaitable[None]]
 
 
-class PresenceService:
+class PresenceService(SharedReads):
     """The long-lived task that flushes a tracker to its store every ``interval`` seconds
     (jittered), prunes expired rows every ``lease`` seconds, and sends the join/leave
-    events (``publish(channel, event, data)``)."""
+    events (``publish(channel, event, data)``); and the reads of ``GET /presence``."""
 
     def __init__(
         self,
@@ -280,6 +283,7 @@ class PresenceService:
         events: bool,
         max_events: int,
     ) -> None:
+        super().__init__()
         self.tracker = tracker
         self.store = store
         self.publish = publish
@@ -295,6 +299,22 @@ class PresenceService:
         self.events_coalesced = 0
         self._pruned_at = self._written_at = time.monotonic()
         self._failing = False
+        #: channel -> (monotonic time, view): answers reused for ``interval`` seconds.
+        self._views: dict[str, tuple[float, PresenceView]] = {}
+
+    async def read(self, channel: str) -> PresenceView:
+        """``channel``'s presence across all relays: at most one read of the bus per
+        channel and ``interval`` (concurrent requests share one; an answer is reused
+        while it is younger than a write interval, as the rows are anyway)."""
+        now = time.monotonic()
+        known = self._views.get(channel)
+        if known is not None and now - known[0] < self.interval:
+            return known[1]
+        view = await self._shared((channel,), lambda: self.store.read(channel))
+        if len(self._views) >= MAX_CACHED_VIEWS:
+            self._views.clear()
+        self._views[channel] = (now, view)
+        return view
 
     def status(self) -> dict[str, object]:
         """For the detailed health view: whether writes succeed, and the counters."""

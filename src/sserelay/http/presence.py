@@ -59,7 +59,7 @@ async def answer(relay: Relay, lookup: Lookup) -> tuple[int, list[tuple[str, str
     headers += lookup.headers
     try:
         async with asyncio.timeout(READ_TIMEOUT):
-            view = await relay.presence.store.read(lookup.channel)
+            view = await relay.presence.read(lookup.channel)
     except (SseRelayError, TimeoutError) as exc:
         log.warning("presence of %r not read: %s", lookup.channel[:80], exc or "timeout")
         relay.count_rejected(503)
