@@ -112,3 +112,37 @@ def test_the_operators_page_flags(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.delenv("SSERELAY_ADMIN_PASSWORD")
     with pytest.raises(ConfigError, match="admin needs a way in"):
         settings_of("--admin")
+
+
+def test_presence_flags_and_environment(clean_env: pytest.MonkeyPatch) -> None:
+    settings = settings_of(
+        "--presence", "room-*,lobby", "--presence", "chat-*", "--presence-events"
+    )
+    assert settings.presence == ("room-*", "lobby", "chat-*")
+    assert settings.presence_events is True
+    assert settings_of("--presence-lease", "1m").presence_lease == 60
+    clean_env.setenv("SSERELAY_PRESENCE", "room-*, desk-*")
+    clean_env.setenv("SSERELAY_PRESENCE_EVENTS", "yes")
+    clean_env.setenv("SSERELAY_PRESENCE_MAX_EVENTS", "5")
+    settings = settings_of()
+    assert settings.presence == ("room-*", "desk-*")
+    assert settings.presence_events is True and settings.presence_max_events == 5
+    assert settings_of("--presence", "x").presence == ("x",)  # the flag wins
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--presence", "bad\nname"], "presence: "),
+        (["--presence-lease", "2s"], "presence_lease .* must be at least 3 times"),
+    ],
+)
+def test_bad_presence_settings_are_refused(
+    clean_env: pytest.MonkeyPatch, argv: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings_of(*argv)
+    with pytest.raises(ConfigError, match="presence_max_events must be at least 1"):
+        Settings(presence_max_events=0)
+    with pytest.raises(ConfigError, match="presence_linger must be 0 or more"):
+        Settings(presence_linger=-1)

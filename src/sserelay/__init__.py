@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .access.tokens import mint_token
+from .bus.presence import apresence, presence
 from .bus.publish import apublish, apublish_durable, encode_payload, publish, publish_durable
 from .bus.revocations import revoke
 from .errors import (
@@ -29,10 +30,12 @@ __all__ = [
     "SchemaMissing",
     "SseRelayError",
     "__version__",
+    "apresence",
     "apublish",
     "apublish_durable",
     "encode_payload",
     "mint_token",
+    "presence",
     "publish",
     "publish_durable",
     "revoke",

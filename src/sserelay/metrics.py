@@ -142,6 +142,28 @@ class RelayCollector(Collector):
         yield endings
         if relay.capturer is not None:
             yield from capture_families(relay.capturer)
+        if relay.presence is not None:
+            for name, text, path in PRESENCE_COUNTERS:
+                value = _read(relay.presence, path)  # type: ignore[arg-type]  # any object
+                yield CounterMetricFamily(f"sserelay_presence_{name}", text, value)
+
+
+#: (name, help, where the number is, from the presence service): docs/presence.md.
+PRESENCE_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("flushes", "Writes of this relay's presence changes to the bus.", "flushes"),
+    (
+        "flush_failures",
+        "Presence writes that failed (retried in full).",
+        "flush_failures",
+    ),
+    ("rows_written", "Presence rows written (changed, added or removed).", "rows_written"),
+    ("events", "sserelay.join / sserelay.leave events sent.", "events_sent"),
+    (
+        "events_coalesced",
+        "Join/leave events past the per-write bound, sent as one sserelay.presence event.",
+        "events_coalesced",
+    ),
+)
 
 
 #: (name, help, where the number is, from the capturer): capture's counters.

@@ -138,6 +138,8 @@ class Relay:
             # advisory lock pass no PgBouncer in transaction mode.
             direct = settings.listen_dsn or dsn
             self.capturer = capturer_for(direct, bus=settings.bus, max_lag=settings.capture_max_lag)
+        #: Presence (``settings.presence``; docs/presence.md), else None.
+        self.presence = buses.presence_service(settings, self.bus) if settings.presence else None
         self.started = time.time()
         #: The service that could not be kept running, once one could not.
         self.failure: str | None = None
@@ -151,6 +153,8 @@ class Relay:
         self, sub: Subscriber, catch_up: CatchUp | None = None, lease: Lease | None = None
     ) -> None:
         """Register an admitted stream (live at once, or after catching up)."""
+        if self.presence is not None and isinstance(lease, limits.Lease):
+            self.presence.tracker.track(sub.channels, lease, lease.sub)
         subscribe(self.delivery, sub, catch_up, lease)
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -187,6 +191,8 @@ class Relay:
             self.tasks.service("pruner", self._prune_forever)
         if self.capturer is not None:
             self.tasks.service("capture", self.capturer.run)
+        if self.presence is not None:
+            self.tasks.service("presence", self.presence.run)
         if serve:
             factory = protocol_factory(self)
             if sock is not None:
@@ -241,6 +247,8 @@ class Relay:
         for conn in list(self.connections):
             conn.transport.abort()
         await self.tasks.close()
+        if self.presence is not None:
+            await self.presence.remove_rows()
         await self.log.close()
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
@@ -348,6 +356,8 @@ class Relay:
             )
             if self.capturer is not None:
                 body["capture"] = self.capturer.status()
+            if self.presence is not None:
+                body["presence"] = self.presence.status()
         return (200 if problem is None else 503), body
 
     def endpoint(

@@ -191,6 +191,7 @@ def test_public_api() -> None:
     assert sorted(contrib.__all__) == [
         "ModelPublisher",
         "last_event_id",
+        "presence",
         "publish",
         "publish_changes",
         "revoke",

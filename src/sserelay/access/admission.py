@@ -23,6 +23,7 @@ from ..errors import AuthError, HttpError
 from .limits import Lease, StreamLimits
 from .policy import ChannelPolicy, policy_from_settings, token_from
 from .revocations import Revocations
+from .tokens import Access
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -75,17 +76,7 @@ class StreamAccess:
         client address) and why; the token itself is never logged.
         """
         channels = tuple(channels)
-        token = token_from(headers, query, self.settings.token_cookie)
-        try:
-            access = self.policy.authorise_subscribe(channels, token)
-            if access is not None:
-                access = self._unless_revoked(access, channels)
-        except AuthError as exc:
-            self._refused(exc.status, exc.reason, exc.subject, client)
-            challenge = "Bearer" if token is None else 'Bearer error="invalid_token"'
-            if exc.status == 403:
-                challenge = 'Bearer error="insufficient_scope"'
-            raise HttpError(exc.status, exc.reason, (("WWW-Authenticate", challenge),)) from None
+        access = self.authorise(channels, headers, query, client)
         token_subject = subject = access.subject if access is not None else None
         if access is not None and subject is None and client is not None:
             # A token without ``sub`` must not escape the per-subject limit: its bearer is
@@ -105,6 +96,29 @@ class StreamAccess:
             "stream on %s: sub=%s client=%s", ",".join(channels)[:200], subject or "-", client
         )
         return lease
+
+    def authorise(
+        self,
+        channels: tuple[str, ...],
+        headers: Mapping[str, str],
+        query: Iterable[tuple[str, str]],
+        client: str | None,
+    ) -> Access | None:
+        """What the request's token grants for reading ``channels`` (None: no token needed
+        or given, or a revoked one on public channels), or HttpError 401/403 with its
+        ``WWW-Authenticate`` challenge."""
+        token = token_from(headers, query, self.settings.token_cookie)
+        try:
+            access = self.policy.authorise_subscribe(channels, token)
+            if access is not None:
+                access = self._unless_revoked(access, channels)
+            return access
+        except AuthError as exc:
+            self._refused(exc.status, exc.reason, exc.subject, client)
+            challenge = "Bearer" if token is None else 'Bearer error="invalid_token"'
+            if exc.status == 403:
+                challenge = 'Bearer error="insufficient_scope"'
+            raise HttpError(exc.status, exc.reason, (("WWW-Authenticate", challenge),)) from None
 
     def _unless_revoked(self, access: Access, channels: tuple[str, ...]) -> Access | None:
         """``access``, or AuthError(401) if it was revoked; on public channels only, a

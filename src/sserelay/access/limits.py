@@ -5,6 +5,7 @@ subject may publish (:class:`RateLimiter`). Every check is O(1) in what is count
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import jitter
@@ -28,6 +29,7 @@ class Lease:
         "client",
         "deadline",
         "limits",
+        "on_release",
         "opened",
         "owner",
         "peer",
@@ -53,8 +55,10 @@ class Lease:
         self.channels = channels
         self.owner = owner
         self.released = False
-        #: Whose stream it is (the record of why it ended): the token's ``sub`` and the
-        #: client's address, whatever the limits count. Set by the admission.
+        #: Also called once on release (presence counts the stream gone), if set.
+        self.on_release: Callable[[], None] | None = None
+        #: Whose stream it is (the record of why it ended, presence): the token's ``sub``
+        #: and the client's address, whatever the limits count. Set by the admission.
         self.sub: str | None = None
         self.peer: str | None = None
         #: The verified token the stream was admitted with (None: no token), and when it
@@ -67,6 +71,8 @@ class Lease:
         if not self.released:
             self.released = True
             self.limits.release(self)
+            if self.on_release is not None:
+                self.on_release()
 
 
 def _decrement(counts: dict[str, int], key: str | None) -> None:

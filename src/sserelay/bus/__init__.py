@@ -7,7 +7,13 @@ schema, under the same file names.
 
 from __future__ import annotations
 
+import os
+import socket
+
+from .. import jitter
+from ..access.patterns import matches_any
 from ..config import Settings
+from ..core.presence import PresenceService, PresenceStore, PresenceTracker
 from ..core.protocols import Bus, BusSink
 from ..errors import ConfigError
 from ..wire.message import Message
@@ -98,3 +104,37 @@ def _redis(settings: Settings, sink: BusSink) -> Bus:
         return await log.publish(message, durable)
 
     return Bus("redis", listener, log, publish, MAX_RAW_PAYLOAD_BYTES)
+
+
+def presence_store(bus: Bus, relay: str, lease: float) -> PresenceStore:
+    """Where the relay ``relay`` keeps its presence rows on ``bus`` (docs/presence.md)."""
+    if bus.kind == "redis":
+        from .redis.presence import RedisPresence
+
+        return RedisPresence(bus.log, relay, lease)
+    from .postgres.presence import PostgresPresence
+
+    return PostgresPresence(bus.log.pool, relay, lease)  # type: ignore[attr-defined]  # PostgresLog
+
+
+def presence_service(settings: Settings, bus: Bus) -> PresenceService:
+    """A relay's presence (``settings.presence``): its tracker, its rows on ``bus`` under a
+    relay id of its own, and the join/leave events published on ``bus``."""
+    patterns = settings.presence
+    tracker = PresenceTracker(
+        lambda channel: matches_any(patterns, channel), linger=settings.presence_linger
+    )
+    relay_id = f"{socket.gethostname()}:{os.getpid()}:{jitter.randint(0, 2**32):08x}"
+
+    async def publish(channel: str, event: str, data: object) -> None:
+        await bus.publish(Message.build(channel, data, event=event), False)
+
+    return PresenceService(
+        tracker,
+        presence_store(bus, relay_id, settings.presence_lease),
+        publish,
+        interval=settings.presence_interval,
+        lease=settings.presence_lease,
+        events=settings.presence_events,
+        max_events=settings.presence_max_events,
+    )

@@ -68,6 +68,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _add_security_options(p)
     _add_capture_options(p)
     _add_admin_options(p)
+    _add_presence_options(p)
     add_bus_options(p)
     p.set_defaults(func=run)
 
@@ -180,6 +181,34 @@ def _add_admin_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_presence_options(p: argparse.ArgumentParser) -> None:
+    """Presence (docs/presence.md)."""
+    p.add_argument(
+        "--presence",
+        action="append",
+        metavar="PATTERN",
+        help="keep who is subscribed to channels matching PATTERN ('room-*'; repeatable or "
+        "comma-separated; env SSERELAY_PRESENCE)",
+    )
+    p.add_argument(
+        "--presence-events",
+        action="store_const",
+        const=True,
+        help="send sserelay.join / sserelay.leave events on those channels",
+    )
+    p.add_argument(
+        "--presence-lease",
+        type=seconds,
+        help="how long a relay's presence rows outlive it (default 15s)",
+    )
+
+
+def _patterns(values: list[str] | None) -> tuple[str, ...] | None:
+    if not values:
+        return None
+    return tuple(p.strip() for value in values for p in value.split(",") if p.strip())
+
+
 def serve_settings(args: argparse.Namespace) -> Settings:
     """The settings of ``serve``: its flags over the environment over the defaults."""
     return load_settings(
@@ -215,6 +244,9 @@ def serve_settings(args: argparse.Namespace) -> Settings:
         capture_max_lag=args.capture_max_lag,
         admin=args.admin,
         admin_user=args.admin_user,
+        presence=_patterns(args.presence),
+        presence_events=args.presence_events,
+        presence_lease=args.presence_lease,
     )
 
 

@@ -118,6 +118,21 @@ class Settings:
     #: Seconds a revocation is kept (and refuses the tokens it names): at least the
     #: longest lifetime of a token (docs/revocation.md).
     revocation_ttl: float = 86400.0
+    #: Channel patterns whose subscribers are kept as presence (``serve --presence``;
+    #: docs/presence.md). Empty: presence is off.
+    presence: tuple[str, ...] = ()
+    #: Send ``sserelay.join`` / ``sserelay.leave`` events on the presence channels.
+    presence_events: bool = False
+    #: Seconds between two writes of a relay's presence changes (each jittered +-10%).
+    presence_interval: float = 1.0
+    #: Seconds a relay's presence rows live unless it renews them (a dead relay's go then).
+    presence_lease: float = 15.0
+    #: The coalescing window: seconds a subject whose last stream ended stays present,
+    #: so that one who comes back within it sends no leave nor join.
+    presence_linger: float = 2.0
+    #: Join/leave events one relay sends per channel and write at most; past it, one
+    #: ``sserelay.presence`` event with the counts.
+    presence_max_events: int = 20
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]  # checked below
@@ -173,8 +188,8 @@ class Settings:
             raise ConfigError(f"max_replay must be at least 1, not {self.max_replay}")
         if self.reconnect_max < self.reconnect_min:
             raise ConfigError("reconnect_max must not be smaller than reconnect_min")
-        _check_broker(self)
-        _check_capture(self)
+        for check in (_check_broker, _check_capture, _check_presence):
+            check(self)
         if self.log_level not in logging.getLevelNamesMapping():
             raise ConfigError(f"log_level={self.log_level!r} is not a log level; {LEVELS_HINT}")
         _check_auth(self)
@@ -250,6 +265,35 @@ def _check_admin(settings: Settings) -> None:
             "admin needs a way in: admin_user and admin_password (HTTP Basic), or a JWT key "
             "(jwt_secret or jwt_public_key) for admin tokens"
         )
+
+
+def _check_presence(settings: Settings) -> None:
+    for name in ("presence_interval", "presence_lease"):
+        value = getattr(settings, name)
+        if not 0 < value < math.inf:
+            raise ConfigError(f"{name} must be a positive number of seconds, not {value}")
+    if settings.presence_lease < 3 * settings.presence_interval:
+        raise ConfigError(
+            f"presence_lease ({settings.presence_lease:g}s) must be at least 3 times "
+            f"presence_interval ({settings.presence_interval:g}s): a relay renews its rows "
+            "at its writes, and one late write must not expire them"
+        )
+    if not 0 <= settings.presence_linger < math.inf:
+        raise ConfigError(
+            f"presence_linger must be 0 or more seconds, not {settings.presence_linger}"
+        )
+    if settings.presence_max_events < 1:
+        raise ConfigError(
+            f"presence_max_events must be at least 1, not {settings.presence_max_events}"
+        )
+    if settings.presence:
+        from ..access import patterns  # only when needed
+
+        for pattern in settings.presence:
+            try:
+                patterns.validate_pattern(pattern)
+            except InvalidChannel as exc:
+                raise ConfigError(f"presence: {exc}") from None
 
 
 def check_port(port: int) -> int:

@@ -20,8 +20,10 @@ from urllib.parse import quote, unquote
 
 from ..core.hub import retry_hint
 from ..errors import HttpError
+from . import presence
 from .buffered import BufferedStream
 from .front import PUBLISH, Admission, Response, dispatch, refusal, start_stream
+from .presence import Lookup
 from .publish import Publisher, Reply
 from .request import HeaderCollector, Request
 from .responses import cors_headers
@@ -72,6 +74,9 @@ async def handle(
         await respond(send, outcome.status, outcome.body, outcome.headers)
     elif outcome is PUBLISH:
         await publish(relay, request, receive, send)
+    elif isinstance(outcome, Lookup):
+        status, headers, body = await presence.answer(relay, outcome)
+        await respond(send, status, body, headers)
     elif isinstance(outcome, Admission):
         await stream(relay, streams, outcome, receive, send)
 

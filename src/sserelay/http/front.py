@@ -11,7 +11,9 @@ headers so a page can read it). :func:`dispatch` returns one of
 - an :class:`Admission`: a stream that may start (its response headers, channels,
   catch-up request and lease), which the front opens with :func:`start_stream`;
 - :data:`PUBLISH`: a ``POST /publish`` or ``POST /revoke`` whose body the front reads
-  next (see :mod:`sserelay.http.publish` and :mod:`sserelay.http.revoke`).
+  next (see :mod:`sserelay.http.publish` and :mod:`sserelay.http.revoke`);
+- a :class:`~sserelay.http.presence.Lookup`: an authorised ``GET /presence/{channel}``,
+  whose answer the front awaits (:func:`sserelay.http.presence.answer`).
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from ..core.hub import retry_hint
 from ..core.protocols import Subscriber
 from ..errors import HttpError
 from . import assets
+from .presence import Lookup, check
 from .request import Request, client_address
 from .responses import SSE_HEADERS, cors_headers, error_body, preflight_headers
-from .routes import AdminRoute, AssetRoute, Endpoint, StreamRoute, route
+from .routes import AdminRoute, AssetRoute, Endpoint, PresenceRoute, StreamRoute, route
 
 if TYPE_CHECKING:
     from ..relay import Relay
@@ -66,7 +69,7 @@ class _Publish:
 #: ``POST /publish``: the front reads the body, then calls the relay's publisher.
 PUBLISH: Final = _Publish()
 
-Outcome = Response | Admission | _Publish
+Outcome = Response | Admission | _Publish | Lookup
 
 
 def refusal(relay: Relay, error: HttpError, origin: str | None) -> Response:
@@ -109,6 +112,8 @@ def dispatch(relay: Relay, request: Request) -> Outcome:
         _refuse_if_closing(relay)
         if isinstance(target, Endpoint):
             return PUBLISH
+        if isinstance(target, PresenceRoute):
+            return check(relay, request, target)
         return _admit(relay, request, target)
     except HttpError as exc:
         return refusal(relay, exc, origin)

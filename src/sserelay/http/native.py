@@ -25,7 +25,9 @@ import httptools
 from ..errors import HttpError
 from ..wire import sse
 from ..wire.envelope import Event
+from . import presence
 from .front import PUBLISH, Admission, Response, dispatch, refusal, start_stream
+from .presence import Lookup
 from .request import HeaderCollector, Request, head_too_large
 from .responses import cors_headers, head
 from .routes import WITH_BODY, request_timeout
@@ -185,6 +187,9 @@ class HttpConnection(asyncio.Protocol):
             self.done = True  # read no more: the answer comes from the job
             extra = cors_headers(request.origin, self.settings.allowed_origins)
             self.relay.tasks.spawn(self.publish(request, extra), "publish")
+        elif isinstance(outcome, Lookup):
+            self.done = True
+            self.relay.tasks.spawn(self.lookup(outcome), "presence")
 
     def start(self, admission: Admission) -> None:
         self.done = True
@@ -209,6 +214,11 @@ class HttpConnection(asyncio.Protocol):
             self.relay.count_rejected(reply.status)
         if not self.transport.is_closing():
             self.respond(reply.status, reply.body, [*reply.headers, *extra])
+
+    async def lookup(self, outcome: Lookup) -> None:
+        status, headers, body = await presence.answer(self.relay, outcome)
+        if not self.transport.is_closing():
+            self.respond(status, body, headers)
 
     def respond(self, status: int, body: bytes, headers: list[tuple[str, str]]) -> None:
         self.done = True

@@ -4,7 +4,9 @@
 - ``GET /events?channel=a&channel=b``: several channels on one stream.
 - ``GET /{channel}``: one channel, as ``sse-relay-server`` serves it. Channels
   whose name is one of our endpoints (``admin``, ``events``, ``healthz``, ``metrics``,
-  ``publish``, ``revoke``) are reachable under ``/events/`` only.
+  ``presence``, ``publish``, ``revoke``) are reachable under ``/events/`` only.
+- ``GET /presence/{channel}``: who is subscribed to a presence channel
+  (docs/presence.md).
 - ``GET /healthz``, ``GET /metrics``.
 - ``GET /admin``, ``GET /admin/stream``: the operator's page and its updates (off unless
   configured, see :mod:`sserelay.admin`); a channel named ``admin`` is at
@@ -26,7 +28,9 @@ from ..errors import HttpError, InvalidChannel
 from ..wire.channels import validate_channel
 from .assets import NAMES as ASSET_NAMES
 
-RESERVED_PATHS = frozenset({"admin", "events", "healthz", "metrics", "publish", "revoke"})
+RESERVED_PATHS = frozenset(
+    {"admin", "events", "healthz", "metrics", "presence", "publish", "revoke"}
+)
 #: Endpoints whose request has a body, read by the front before the answer.
 WITH_BODY = ("/publish", "/revoke")
 MAX_QUERY_FIELDS = 256
@@ -62,7 +66,13 @@ class AdminRoute:
     query: tuple[tuple[str, str], ...] = ()
 
 
-Route = StreamRoute | Endpoint | AssetRoute | AdminRoute
+@dataclass(frozen=True, slots=True)
+class PresenceRoute:
+    channel: str
+    query: tuple[tuple[str, str], ...] = ()
+
+
+Route = StreamRoute | Endpoint | AssetRoute | AdminRoute | PresenceRoute
 
 
 def _decode(raw: str, what: str) -> str:
@@ -111,6 +121,11 @@ def route(method: str, path: str, query: str, *, max_channels: int) -> Route:
         return AdminRoute(path == "/admin/stream", tuple(params))
     if path[1:] in ASSET_NAMES:  # "sserelay.*" is no channel name, so no channel is hidden
         return AssetRoute(path[1:], tuple(params))
+    if path.startswith("/presence/"):
+        name = _decode(path[len("/presence/") :], "channel name")
+        return PresenceRoute(_channel(name), tuple(params))
+    if path == "/presence":
+        raise HttpError(404, "no channel in the path; use /presence/{channel}")
     if path == "/events" or path == "/events/":
         names = [value for key, value in params if key == "channel"]
         if not names:

@@ -41,3 +41,15 @@ def durable_channel(channel: str) -> str:
     """The PostgreSQL channel ``sserelay.publish`` notifies for ``channel``'s events, as
     ``sserelay.notify_channel`` computes it."""
     return DURABLE_PREFIX + hashlib.md5(channel.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+#: Presence (``sql/*_presence.sql``): one relay's flush, a channel's subjects, the prune.
+PRESENCE_WRITE = (
+    "SELECT out_channel, out_kind, out_subject FROM sserelay.presence_write("
+    "%s::text, %s::interval, %s::text[], %s::text[], %s::integer[], %s::boolean)"
+)
+PRESENCE_READ = "SELECT subject, connections FROM sserelay.presence_of(%s::text)"
+PRESENCE_PRUNE = (
+    "SELECT out_channel, out_kind, out_subject FROM sserelay.presence_prune(%s::boolean)"
+)
+PRESENCE_REMOVE = "DELETE FROM sserelay.presence WHERE relay = %s"

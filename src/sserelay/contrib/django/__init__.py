@@ -2,6 +2,7 @@
 
 - :func:`publish` sends an event through Django's own database connection, so it is
   part of the current transaction (sent on commit, never on rollback).
+- :func:`presence` reads who is on a presence channel (docs/presence.md).
 - :func:`publish_changes` publishes a model's creates, updates and deletes.
 - :func:`revoke` revokes tokens (by subject or jti) or channels on every relay, in the
   current transaction.
@@ -16,6 +17,7 @@ Settings live in one ``SSERELAY`` dict (see :mod:`sserelay.contrib.django.conf` 
 
 from __future__ import annotations
 
+from .presence import presence
 from .publish import last_event_id, publish, revoke
 from .signals import ModelPublisher, publish_changes
 from .tokens import stream_url, token_for
@@ -23,6 +25,7 @@ from .tokens import stream_url, token_for
 __all__ = [
     "ModelPublisher",
     "last_event_id",
+    "presence",
     "publish",
     "publish_changes",
     "revoke",

@@ -33,3 +33,13 @@ def uninstall_schema(connection: Any) -> None:
     raw = _raw(connection)
     schema.uninstall(raw)
     forget(raw)
+
+
+def install(apps: Any, schema_editor: Any) -> None:
+    """A migration's step: :func:`install_schema` on the migration's connection."""
+    install_schema(schema_editor.connection)
+
+
+def uninstall(apps: Any, schema_editor: Any) -> None:
+    """A migration's reverse step: :func:`uninstall_schema`."""
+    uninstall_schema(schema_editor.connection)

@@ -107,6 +107,14 @@ class ClusterLog(RedisLog):
         await self._single.aclose()
         await self._pool.disconnect()
 
+    async def layout_known(self) -> Layout:
+        """One Redis or a cluster (asked once); :attr:`client` is then the one to use."""
+        return await self._known()
+
+    async def call(self, what: str, call: Awaitable[T]) -> T:
+        """``call``'s result; a Redis error as BrokerUnavailable naming ``what``."""
+        return await self._call(what, call)
+
     def key(self, channel: str) -> str:
         return (self.layout or SINGLE).stream_key(self.prefix, channel)
 

@@ -7,21 +7,9 @@ package versions add migrations here when they add SQL files.
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.db import migrations
 
-
-def install(apps: Any, schema_editor: Any) -> None:
-    from sserelay.contrib.django.schema import install_schema
-
-    install_schema(schema_editor.connection)
-
-
-def uninstall(apps: Any, schema_editor: Any) -> None:
-    from sserelay.contrib.django.schema import uninstall_schema
-
-    uninstall_schema(schema_editor.connection)
+from sserelay.contrib.django.schema import install, uninstall
 
 
 class Migration(migrations.Migration):

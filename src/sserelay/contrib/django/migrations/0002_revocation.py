@@ -3,15 +3,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.db import migrations
 
-
-def install(apps: Any, schema_editor: Any) -> None:
-    from sserelay.contrib.django.schema import install_schema
-
-    install_schema(schema_editor.connection)
+from sserelay.contrib.django.schema import install
 
 
 class Migration(migrations.Migration):
