@@ -9,9 +9,11 @@ to all three fronts, configured alike; their answers must agree. (The Django vie
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -244,3 +246,51 @@ async def test_the_operators_page_is_the_same_on_every_front(django_dsn: str) ->
                 assert "Stream endings" in event.data, front
             finally:
                 await updates.close()
+
+
+PRESENCE_SETTINGS = {
+    **SETTINGS,
+    "presence": ("room-*", "desk-*", "open-*"),
+    "presence_interval": 0.3,
+}
+BOB = f"Authorization: Bearer {OTHER}"
+
+
+async def test_presence_is_the_same_on_every_front(django_dsn: str) -> None:
+    """``GET /presence/{channel}``: the same refusals on every front, and one answer: the
+    three fronts are three relays on one database, so a stream on one is seen by all."""
+    channel = f"room-{uuid.uuid4().hex[:8]}"
+    async with three_fronts(django_dsn, PRESENCE_SETTINGS) as ports:
+        for name, request in [
+            ("no token", get(f"/presence/{channel}")),
+            ("a token that does not cover it", get("/presence/desk-1", BOB)),
+            ("not a presence channel", get("/presence/lobby")),
+            ("an invalid channel", get("/presence/a%00b")),
+        ]:
+            answers = {
+                front: answer(await raw_request(HOST, port, request))
+                for front, port in ports.items()
+            }
+            assert answers["native"].status in (400, 401, 403, 404), (name, answers["native"])
+            assert answers["asgi"] == answers["native"] == answers["django"], (name, answers)
+        holder = await SseClient.open(
+            HOST, ports["django"], f"/events/{channel}", {"Authorization": f"Bearer {PRIVATE}"}
+        )
+        try:
+            await holder.wait_ready()
+            want = {"channel": channel, "subjects": ["alice"], "anonymous": 0, "connections": 1}
+            looked = get(f"/presence/{channel}", BOB)
+
+            async def everyone_sees_alice() -> bool:
+                for port in ports.values():
+                    found = answer(await raw_request(HOST, port, looked))
+                    if found.status != 200 or found.body != want:
+                        return False
+                return True
+
+            deadline = asyncio.get_running_loop().time() + 30
+            while not await everyone_sees_alice():
+                assert asyncio.get_running_loop().time() < deadline, "presence never agreed"
+                await asyncio.sleep(0.2)
+        finally:
+            await holder.close()

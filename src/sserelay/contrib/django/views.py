@@ -28,12 +28,14 @@ from ...errors import HttpError
 from ...http.asgi import route_path, strip_root
 from ...http.buffered import BufferedStream
 from ...http.front import Admission, Response, dispatch, refusal, start_stream
+from ...http.presence import Lookup
+from ...http.presence import answer as presence_answer
 from ...http.request import HeaderCollector, Request
 from ...http.responses import error_body
 from ...relay import Relay
 from .runtime import RelayRuntime, runtime
 
-__all__ = ["DjangoStream", "RequestState", "operator", "stream"]
+__all__ = ["DjangoStream", "RequestState", "operator", "presence", "stream"]
 
 log = logging.getLogger("sserelay.django")
 
@@ -128,6 +130,14 @@ async def operator(
     return await _answer(request, lambda: "/admin/stream" if stream else "/admin")
 
 
+async def presence(request: HttpRequest, channel: str) -> HttpResponse:
+    """``GET presence/<channel>``: who is subscribed to a presence channel, across the
+    relays (docs/presence.md), with the same token rules as its stream."""
+    answer = await _answer(request, lambda: "/presence" + _path(request, channel)[len("/events") :])
+    assert isinstance(answer, HttpResponse)  # a lookup is never a stream
+    return answer
+
+
 async def _answer(
     request: HttpRequest, path: Callable[[], str]
 ) -> HttpResponse | StreamingHttpResponse:
@@ -151,6 +161,9 @@ async def _answer(
     outcome = dispatch(relay, head)
     if isinstance(outcome, Response):
         return django_response(outcome)
+    if isinstance(outcome, Lookup):
+        status, headers, body = await presence_answer(relay, outcome)
+        return django_response(Response(status, headers, body))
     assert isinstance(outcome, Admission)  # a stream route: never POST /publish
     sub = DjangoStream(outcome.channels, limit=relay.settings.max_client_buffer)
     state = request.scope.get(STATE_KEY)
