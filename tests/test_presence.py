@@ -388,3 +388,31 @@ async def test_the_endpoint_is_the_same_on_every_front(kind: str, durable_dsn: s
             assert bad.status == 400
         finally:
             await client.close()
+
+
+async def test_a_present_stream_is_revoked_and_its_ending_recorded(durable_dsn: str) -> None:
+    """Presence counts a stream on its lease; the same lease is what a revocation and the
+    record of endings read: a present subject's stream is revoked like any other, leaves
+    the presence, and its ending names the subject and the reason."""
+    token = mint_token(SECRET, subscribe=["room-*"], subject="ada", ttl=600)
+    settings = dict(jwt_secret=SECRET, presence=("room-*",), presence_interval=0.2)
+    async with running_relay(durable_dsn, **settings, presence_lease=1.0) as relay:
+        assert relay.presence is not None
+        stream = await SseClient.open(
+            HOST, relay.port, "/events/room-r", {"Authorization": f"Bearer {token}"}
+        )
+        try:
+            await stream.wait_ready()
+            assert relay.presence.tracker.count("room-r", "ada") == 1
+            await asyncio.to_thread(sserelay.revoke, durable_dsn, subject="ada")
+            while (await stream.next_event(timeout=10)).event != "sserelay.revoked":
+                pass
+            await wait_until(lambda: relay.presence.tracker.count("room-r", "ada") == 0)
+            ending = relay.hub.endings.last(1)[0]
+            assert (ending.reason, ending.subject, ending.channels) == (
+                "revoked",
+                "ada",
+                ("room-r",),
+            )
+        finally:
+            await stream.close()
