@@ -134,8 +134,11 @@ async def test_300_streams_share_one_listener(server: Server, django_dsn: str) -
         found = listening_connections(django_dsn)
         listeners = [row for row in found if row[0] == "sserelay-listener"]
         assert len(listeners) == 1, found
-        # Besides the listener, only the replay reader's small pool (at most 4).
-        assert len(found) <= 5, found
+        # Besides the listener, only the replay reader's small pool (at most 4) and the
+        # revocation feed's connection.
+        feeds = [row for row in found if row[0] == "sserelay-revocations"]
+        assert len(feeds) <= 1, found
+        assert len(found) <= 6, found
         for channel in channels:
             await apublish(django_dsn, channel, f"to {channel}")
         received = await asyncio.gather(*(c.next_event(timeout=60) for c in clients))
