@@ -119,7 +119,7 @@ class Relay:
         )
         self.publisher.revocations = self.revocations
         self.publisher.revoke = RevokeEndpoint(
-            self.policy, self.revocations, self.revocation_feed.revoke
+            self.policy, self.revocations, self.revocation_feed.revoke, self._revoked
         )
         self.connections: set[HttpConnection] = set()
         self.rejected: Counter[int] = Counter()

@@ -3,8 +3,8 @@
 
 The body is a JSON object naming exactly one of ``subject``, ``jti`` or ``channel`` (a
 pattern): ``{"subject": "u42"}``. The revocation goes to the bus (``sserelay.revoke`` on
-PostgreSQL, the script on Redis), so every relay of the bus ends the streams it covers,
-this one included. The answer is ``{"kind": "subject", "value": "u42", "at": <seconds
+PostgreSQL, the script on Redis), so every relay of the bus ends the streams it covers;
+this one applies it before it answers. The answer is ``{"kind": "subject", "value": "u42", "at": <seconds
 since the epoch>}``.
 
 Every refusal is a 4xx with a one-line reason (503 when the bus cannot be reached):
@@ -20,7 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from ..access.policy import ChannelPolicy, token_from
-from ..access.revocations import KINDS, Revocations, check_revocation
+from ..access.revocations import KINDS, Revocation, Revocations, check_revocation
 from ..errors import (
     AuthError,
     BrokerUnavailable,
@@ -55,10 +55,19 @@ def revocation_from(body: bytes) -> tuple[str, str]:
 class RevokeEndpoint:
     """``POST /revoke`` of one relay (called by the publisher for that path)."""
 
-    def __init__(self, policy: ChannelPolicy, revocations: Revocations, revoke: RevokeFn) -> None:
+    def __init__(
+        self,
+        policy: ChannelPolicy,
+        revocations: Revocations,
+        revoke: RevokeFn,
+        applied: Callable[[list[Revocation], bool], None] | None = None,
+    ) -> None:
         self.policy = policy
         self.revocations = revocations
         self.revoke = revoke
+        #: This relay's handler of revocations (as its feed calls it): a revocation made
+        #: here holds here before the answer, not only once the bus echoes it.
+        self.applied = applied
         self.revoked = 0
 
     def admin(self, headers: Mapping[str, str], query: str) -> None:
@@ -100,5 +109,7 @@ class RevokeEndpoint:
                 503, "revoking failed: the bus is unavailable; try again", (("Retry-After", "2"),)
             ) from None
         self.revoked += 1
+        if self.applied is not None:
+            self.applied([Revocation(kind, value, at)], False)
         log.info("revoked %s %r (POST /revoke)", kind, value[:80])
         return json.dumps({"kind": kind, "value": value, "at": at}).encode() + b"\n"
