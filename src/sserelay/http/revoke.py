@@ -4,8 +4,8 @@
 The body is a JSON object naming exactly one of ``subject``, ``jti`` or ``channel`` (a
 pattern): ``{"subject": "u42"}``. The revocation goes to the bus (``sserelay.revoke`` on
 PostgreSQL, the script on Redis), so every relay of the bus ends the streams it covers;
-this one applies it before it answers. The answer is ``{"kind": "subject", "value": "u42", "at": <seconds
-since the epoch>}``.
+this one applies it before it answers. The answer is ``{"kind": "subject", "value":
+"u42", "at": <seconds since the epoch>}``.
 
 Every refusal is a 4xx with a one-line reason (503 when the bus cannot be reached):
 403 on a relay without a JWT key, 401 without a valid token, 403 with one that lacks the
