@@ -283,26 +283,32 @@ def chromium() -> tuple[str, str]:
     pytest.skip(reason)
 
 
+def headless_chromium(binary: str, driver: str, *arguments: str) -> Any:
+    """A Selenium driver of headless Chromium (the flags the brief asks for), keeping the
+    pages' console for reading."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-dev-shm-usage",
+        *arguments,
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
 class Browser:
     """One headless Chromium (one profile: its tabs share an origin's locks and channels)."""
 
     def __init__(self) -> None:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-
-        binary, driver = chromium()
-        options = webdriver.ChromeOptions()
-        options.binary_location = binary
-        for arg in (
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-dev-shm-usage",
-        ):
-            options.add_argument(arg)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        self.driver = webdriver.Chrome(service=Service(driver), options=options)
+        self.driver = headless_chromium(*chromium())
         self.tabs: list[str] = []
         #: What the pages wrote to the console so far (read by :meth:`console`).
         self.logged: list[str] = []

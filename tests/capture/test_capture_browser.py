@@ -9,8 +9,6 @@ import asyncio
 import contextlib
 import functools
 import http.server
-import os
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ import psycopg
 import pytest
 from capture_helpers import execute, psql
 
+from browser import chromium, headless_chromium
 from processes import relay_process
 from sserelay.bus.postgres.capture import rules
 
@@ -51,17 +50,6 @@ PAGE = """<!doctype html>
 """
 
 
-def _chromium() -> tuple[str, str]:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if browser and driver:
-        return browser, driver
-    reason = "the browser test needs Debian's chromium and chromium-driver (apt-get install)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}: not found in CI, where .ci/run installs them")
-    pytest.skip(reason)
-
-
 @contextlib.contextmanager
 def page_server(directory: Path) -> Iterator[int]:
     """A static file server for the page, on a free port."""
@@ -84,21 +72,7 @@ def page_server(directory: Path) -> Iterator[int]:
 
 class Browser:
     def __init__(self) -> None:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-
-        browser, driver = _chromium()
-        options = webdriver.ChromeOptions()
-        options.binary_location = browser
-        for arg in (
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-dev-shm-usage",
-        ):
-            options.add_argument(arg)
-        self.driver = webdriver.Chrome(service=Service(driver), options=options)
+        self.driver = headless_chromium(*chromium())
 
     def text(self, script: str) -> Any:
         try:

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from browser import headless_chromium
+
 WAIT = 30.0  # seconds any one browser-side condition may take
 
 
@@ -14,23 +16,7 @@ class Page:
     """One browser (its own profile, so its own user) on the chat."""
 
     def __init__(self, browser: str, driver: str, *arguments: str) -> None:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-
-        options = webdriver.ChromeOptions()
-        options.binary_location = browser
-        for arg in (
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-dev-shm-usage",
-            "--window-size=820,640",
-            *arguments,
-        ):
-            options.add_argument(arg)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console()
-        self.driver = webdriver.Chrome(service=Service(driver), options=options)
+        self.driver = headless_chromium(browser, driver, "--window-size=820,640", *arguments)
 
     def wait(self, condition: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
         from selenium.common.exceptions import TimeoutException
