@@ -238,14 +238,19 @@ def start_profiler(
     )
 
 
-def stop_profiler(session: Session, proc: subprocess.Popen[bytes], out: Path) -> None:
-    # py-spy writes its output on SIGINT.
+def interrupt(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGINT ``proc`` (py-spy and perf write their output then) and wait for it; past
+    ``timeout``, stop it."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(proc.pid, signal.SIGINT)
     try:
-        proc.wait(20)
+        proc.wait(timeout)
     except subprocess.TimeoutExpired:
         stop(proc)
+
+
+def stop_profiler(session: Session, proc: subprocess.Popen[bytes], out: Path) -> None:
+    interrupt(proc, 20)
     if out.exists():
         top = profile_top(out)
         out.with_suffix(".top.txt").write_text(top)
@@ -266,12 +271,7 @@ def start_perf(session: Session, pid: int, out: Path) -> subprocess.Popen[bytes]
 
 def stop_perf(session: Session, proc: subprocess.Popen[bytes], out: Path) -> None:
     """Stop perf (it writes on SIGINT) and keep its top symbols: kernel against user."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGINT)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        stop(proc)
+    interrupt(proc, 30)
     if not out.exists():
         return
     texts = []

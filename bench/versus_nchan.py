@@ -49,6 +49,30 @@ LOADS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+#: Scenario n's targets (issue 13), by load: what is compared, the bound on sserelay /
+#: nchan, and the unit.
+TARGETS: dict[str, tuple[str, Any, float, str]] = {
+    "1": (
+        "n1: server CPU per delivery, sserelay / nchan <= 0.8",
+        lambda r: r["server_cpu_us_per_delivery"],
+        0.8,
+        "us",
+    ),
+    "2": (
+        "n2: p99 at 5,000 x 10/s, sserelay / nchan <= 1",
+        lambda r: r["latency_ms"]["p99"],
+        1.0,
+        "ms",
+    ),
+    "3": (
+        "n3: RSS per stream at 10,000, sserelay / nchan <= 0.6",
+        lambda r: r["server_rss_kb_per_stream"],
+        0.6,
+        "KB",
+    ),
+}
+
+
 def scenario_n(
     session: Any,
     repeats: int,
@@ -119,32 +143,10 @@ def summarise(
     ours, theirs = runs.get("sserelay"), runs.get("nchan")
     if not ours or not theirs:
         return
-    if key == "1":
+    if key in TARGETS:
+        label, measure, bound, unit = TARGETS[key]
         ratio_check(
-            session,
-            "n1: server CPU per delivery, sserelay / nchan <= 0.8",
-            median_of(ours, lambda r: r["server_cpu_us_per_delivery"]),
-            median_of(theirs, lambda r: r["server_cpu_us_per_delivery"]),
-            0.8,
-            "us",
-        )
-    elif key == "2":
-        ratio_check(
-            session,
-            "n2: p99 at 5,000 x 10/s, sserelay / nchan <= 1",
-            median_of(ours, lambda r: r["latency_ms"]["p99"]),
-            median_of(theirs, lambda r: r["latency_ms"]["p99"]),
-            1.0,
-            "ms",
-        )
-    elif key == "3":
-        ratio_check(
-            session,
-            "n3: RSS per stream at 10,000, sserelay / nchan <= 0.6",
-            median_of(ours, lambda r: r["server_rss_kb_per_stream"]),
-            median_of(theirs, lambda r: r["server_rss_kb_per_stream"]),
-            0.6,
-            "KB",
+            session, label, median_of(ours, measure), median_of(theirs, measure), bound, unit
         )
 
 
