@@ -184,7 +184,8 @@ class Relay:
         await self.log.open()
         self.tasks.service("listener", self.listener.run)
         self.tasks.service("heartbeats", self.hub.run_heartbeats)
-        self.tasks.service("revocations", self.revocation_feed.run)
+        if not self.policy.is_open:  # without a key there is no token to revoke
+            self.tasks.service("revocations", self.revocation_feed.run)
         if self.operator is not None:
             self.operator.start()
         if self.settings.retention_age is not None or self.settings.retention_count is not None:
